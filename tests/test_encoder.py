@@ -1,0 +1,229 @@
+"""The TRACE encoder on a tiny random Qwen2-VL, checked against hand computations.
+
+Oracles use the model's own full forward pass (no KV cache, positions computed by the model), so they are
+independent of the encoder's prefill/step/select path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import trace_core
+from trace_core import Candidate, CotDelta, EncoderConfig, InputError, Query, QueryResult
+
+INSTR_T2I = "Find me an everyday image that matches the given caption."
+INSTR_CIR = "Retrieve a day-to-day image that aligns with the modification instructions of the provided image."
+
+
+def _img(w: int, h: int, colour: tuple[int, int, int]) -> Image.Image:
+    return Image.new("RGB", (w, h), colour)
+
+
+def _queries() -> list[Query]:
+    return [
+        Query(text="a dog sleeping on a red sofa", instruction=INSTR_T2I, qid="q0"),
+        Query(text="make the car blue", image=_img(70, 90, (10, 200, 30)), instruction=INSTR_CIR, qid="q1"),
+        Query(image=_img(112, 56, (200, 10, 10)), instruction="Find a caption for the image.", qid="q2"),
+        Query(text="a window", instruction=INSTR_T2I, qid="q3"),
+        Query(text="remove the people in the background and make it night", image=_img(60, 60, (1, 2, 3)),
+              instruction=INSTR_CIR, qid="q4"),
+        Query(text="sofa", instruction=INSTR_T2I, qid="q5"),
+    ]
+
+
+@pytest.fixture()
+def encoder(tiny_qwen_dir):
+    return trace_core.load_model(tiny_qwen_dir, config=EncoderConfig(max_cot_tokens=6))
+
+
+def _full_forward(encoder, query_or_candidate, extra_ids: tuple[int, ...] = ()):
+    """Oracle: last-layer hidden state [H] and logits [V] at the last position of prompt + extra tokens."""
+    bb = encoder.backbone
+    if isinstance(query_or_candidate, Query):
+        prompt = encoder.render_query(query_or_candidate)
+    else:
+        prompt = encoder.render_candidate(query_or_candidate)
+    inputs = bb._inputs([prompt])
+    if extra_ids:
+        extra = torch.tensor([list(extra_ids)])
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], extra], dim=1)
+        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], dim=1)
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(extra).int()], 1)
+    bb.model.model.rope_deltas = None
+    with torch.no_grad():
+        out = bb.model(**inputs, output_hidden_states=True)
+    return out.hidden_states[-1][0, -1], out.logits[0, -1]
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=-1).numpy()
+
+
+def _margins(encoder, queries) -> np.ndarray:
+    """Oracle routing margin: <|emb|> logit minus the best other non-stop logit at the first step."""
+    bb = encoder.backbone
+    out = []
+    for q in queries:
+        _, logits = _full_forward(encoder, q)
+        others = logits.clone()
+        others[[bb.emb_token_id, *bb.stop_token_ids]] = -torch.inf
+        out.append(float(logits[bb.emb_token_id] - others.max()))
+    return np.array(out)
+
+
+def test_route_is_first_step_argmax_with_bias(encoder):
+    queries = _queries()
+    margins = _margins(encoder, queries)
+    # Shift the decision so that about half of the queries route direct.
+    bias = -float(np.median(margins)) + 1e-3
+    results = encoder.encode_queries(queries, reasoning="auto", routing_bias=bias)
+    expected = ["direct" if m + bias > 0 else "reason" for m in margins]
+    assert [r.route for r in results] == expected
+    assert {"direct", "reason"} == set(expected)
+    for r, q in zip(results, queries, strict=True):
+        assert r.qid == q.qid and r.routing_bias == bias
+        if r.route == "direct":
+            assert r.cot == "" and r.cot_tokens == 0 and r.stop_reason == "direct"
+
+
+def test_direct_embedding_is_last_prompt_hidden_state(encoder):
+    queries = _queries()
+    results = encoder.encode_queries(queries, reasoning="never")
+    for q, r in zip(queries, results, strict=True):
+        hidden, logits = _full_forward(encoder, q)
+        np.testing.assert_allclose(r.embedding, _unit(hidden), atol=1e-5)
+        assert r.embedding.dtype == np.float32 and abs(np.linalg.norm(r.embedding) - 1) < 1e-5
+        p = torch.softmax(logits, -1)[encoder.backbone.emb_token_id]
+        assert r.p_emb == pytest.approx(float(p), rel=1e-4)
+
+
+def test_reasoning_embeds_the_token_before_emb(encoder):
+    """Make <|emb|> the greedy choice right after the first CoT token, then check the pooled position."""
+    bb = encoder.backbone
+    q = _queries()[1]
+    free = encoder.encode_queries([q], reasoning="always")[0]
+    assert free.cot_tokens == 6 and free.stop_reason == "max_tokens"
+    t1, t2 = free.cot_token_ids[:2]
+    head = bb.model.lm_head.weight
+    with torch.no_grad():
+        head[bb.emb_token_id] = 3 * head[t2]  # at step 2, where t2 was the argmax, <|emb|> now wins
+    r = encoder.encode_queries([q], reasoning="always")[0]
+    assert r.route == "reason" and r.stop_reason == "emb" and not r.truncated
+    assert r.cot_token_ids == (t1,) and r.cot == bb.decode([t1])
+    hidden, logits = _full_forward(encoder, q, (t1,))
+    assert int(logits.argmax()) == bb.emb_token_id
+    np.testing.assert_allclose(r.embedding, _unit(hidden), atol=1e-5)
+
+
+def test_truncation_forces_emb_after_the_cap(encoder):
+    queries = _queries()[:3]
+    results = encoder.encode_queries(queries, reasoning="always")
+    for q, r in zip(queries, results, strict=True):
+        assert r.route == "reason" and r.truncated
+        if r.stop_reason == "max_tokens":
+            assert r.cot_tokens == 6
+        hidden, _ = _full_forward(encoder, q, r.cot_token_ids)
+        np.testing.assert_allclose(r.embedding, _unit(hidden), atol=1e-5)
+
+
+def test_batching_equals_one_by_one(encoder):
+    bb = encoder.backbone
+    queries = _queries()
+    # Rows must leave the decoding batch at different steps: <|emb|> shares the head row of a common token.
+    probe = encoder.encode_queries(queries, reasoning="always")
+    common = max({t for r in probe for t in r.cot_token_ids},
+                 key=lambda t: sum(t in r.cot_token_ids for r in probe))
+    with torch.no_grad():
+        bb.model.lm_head.weight[bb.emb_token_id] = 3 * bb.model.lm_head.weight[common]
+    bias = -float(np.median(_margins(encoder, queries)))
+    batched = encoder.encode_queries(queries, reasoning="auto", routing_bias=bias, batch_size=8)
+    single = [encoder.encode_queries([q], reasoning="auto", routing_bias=bias)[0] for q in queries]
+    assert len({r.cot_tokens for r in batched}) > 2, "precondition: rows finish at different steps"
+    for b, s in zip(batched, single, strict=True):
+        assert (b.route, b.cot_token_ids, b.stop_reason) == (s.route, s.cot_token_ids, s.stop_reason)
+        np.testing.assert_allclose(b.embedding, s.embedding, atol=1e-4)
+        assert b.p_emb == pytest.approx(s.p_emb, rel=1e-3)
+
+
+def test_streaming_equals_non_streaming(encoder):
+    for q in _queries()[:3]:
+        events = list(encoder.stream_query(q, reasoning="always"))
+        final = events[-1]
+        assert isinstance(final, QueryResult)
+        deltas = [e for e in events[:-1] if isinstance(e, CotDelta)]
+        assert len(deltas) == len(events) - 1 and deltas
+        assert "".join(d.text for d in deltas) == final.cot
+        assert [d.n_tokens for d in deltas] == sorted(d.n_tokens for d in deltas)
+        plain = encoder.encode_queries([q], reasoning="always")[0]
+        assert plain.cot_token_ids == final.cot_token_ids
+        np.testing.assert_allclose(plain.embedding, final.embedding, atol=1e-5)
+
+
+def test_modes_never_and_always(encoder):
+    queries = _queries()
+    assert {r.route for r in encoder.encode_queries(queries, reasoning="never")} == {"direct"}
+    always = encoder.encode_queries(queries, reasoning="always", routing_bias=1e6)
+    assert all(r.route == "reason" and r.cot_tokens >= 1 for r in always)
+    assert {r.route for r in encoder.encode_queries(queries, routing_bias=1e6)} == {"direct"}
+    assert {r.route for r in encoder.encode_queries(queries, routing_bias=-1e6)} == {"reason"}
+
+
+def test_candidates_never_reason_and_pool_last_prompt_position(encoder):
+    cands = [
+        Candidate(text="a dog sleeping on a red sofa", did="9:1"),
+        Candidate(image=_img(80, 60, (0, 0, 255)), did="9:2"),
+        Candidate(text="a blue car", image=_img(56, 112, (9, 9, 9)), did="9:3"),
+        Candidate(text="window", did="9:4"),
+    ]
+    batched = encoder.encode_candidates(cands, batch_size=4)
+    assert batched.shape == (4, 32) and batched.dtype == np.float32
+    for c, row in zip(cands, batched, strict=True):
+        hidden, _ = _full_forward(encoder, c)
+        np.testing.assert_allclose(row, _unit(hidden), atol=1e-4)
+    np.testing.assert_allclose(encoder.encode_candidates(cands, batch_size=1), batched, atol=1e-4)
+    prompt = encoder.render_candidate(cands[0]).text
+    assert "Your output must only be <|emb|>" in prompt
+
+
+def test_bad_inputs_get_clear_errors(encoder, tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        encoder.encode_queries([Query(text="   ", instruction=INSTR_T2I)])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match="cannot read image"):
+        encoder.encode_queries([Query(image=str(broken))])
+    with pytest.raises(InputError, match="not found"):
+        encoder.encode_queries([Query(image=str(tmp_path / "missing.png"))])
+    with pytest.raises(InputError, match="reasoning must be"):
+        encoder.encode_queries([Query(text="x")], reasoning="sometimes")
+    with pytest.raises(InputError, match="neither text nor image"):
+        encoder.encode_candidates([Candidate(did="9:9")])
+
+
+def test_lamra_style_never_reasons_and_gets_its_token(tiny_qwen_dir):
+    enc = trace_core.load_model(tiny_qwen_dir, style="lamra")
+    bb = enc.backbone
+    assert bb.tokenizer.convert_tokens_to_ids("<emb>") == bb.emb_token_id
+    results = enc.encode_queries(_queries()[:2], reasoning="always")
+    assert [r.route for r in results] == ["direct", "direct"]
+    assert "You are a helpful assistant." in enc.render_query(_queries()[0]).text
+
+
+def test_checkpoint_without_emb_token_gets_it_added(tmp_path):
+    from tests.tiny_qwen2vl import build_tiny_qwen2vl
+
+    path = build_tiny_qwen2vl(tmp_path / "plain", with_emb_token=False)
+    enc = trace_core.load_model(path)
+    assert enc.backbone.tokenizer.convert_tokens_to_ids("<|emb|>") == enc.backbone.emb_token_id
+    assert enc.encode_queries([Query(text="a dog")], reasoning="never")[0].embedding.shape == (32,)
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(trace_core.ModelNotFoundError, match="no model at"):
+        trace_core.load_model(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(trace_core.ModelNotFoundError, match="no config.json"):
+        trace_core.load_model(tmp_path / "empty")

@@ -1,0 +1,66 @@
+"""The contract between the encoder and a backbone.
+
+The encoder owns the TRACE logic (routing, greedy CoT, pooling); a backbone only turns rendered prompts into
+hidden states. It must support three operations on a batch:
+
+- `prefill(prompts)`: one forward pass over left-padded prompts; returns the last-layer hidden state at the
+  last prompt position [B, H], optionally the next-token logits there [B, V], and a decoding state (KV cache).
+- `step(state, tokens)`: feed one token per row [B]; returns the new last hidden state and logits.
+- `select(state, rows)`: keep only some rows of the state (queries that continue reasoning).
+
+Hidden states are those after the final norm (what `hidden_states[-1]` is in transformers).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..prompts import PromptStyle
+
+
+@dataclass
+class RenderedPrompt:
+    text: str  # prompt text with one image placeholder per image
+    images: list[Image.Image]  # RGB images, in placeholder order
+
+
+@dataclass
+class StepOutput:
+    hidden: torch.Tensor  # [B, H] last-layer hidden state at the newest position
+    logits: torch.Tensor | None  # [B, V] next-token logits there (None when not requested)
+    state: Any  # backbone-specific decoding state (KV cache, attention mask, positions)
+
+
+class Backbone(ABC):
+    style: PromptStyle  # prompt style (special tokens, templates, pooling)
+    model_id: str  # name or path it was loaded from
+    revision: str  # weights fingerprint, recorded in index manifests
+    image_placeholder: str  # what {image} in a template becomes
+    emb_token_id: int
+    stop_token_ids: frozenset[int]  # end-of-sequence tokens: reasoning that reaches one is cut there
+    hidden_size: int
+
+    @abstractmethod
+    def prefill(self, prompts: list[RenderedPrompt], with_logits: bool = True) -> StepOutput: ...
+
+    @abstractmethod
+    def step(self, state: Any, tokens: torch.Tensor) -> StepOutput: ...
+
+    @abstractmethod
+    def select(self, state: Any, rows: torch.Tensor) -> Any: ...
+
+    @abstractmethod
+    def decode(self, token_ids: list[int]) -> str:
+        """Token ids to text, special tokens dropped."""
+
+    @abstractmethod
+    def tokenize(self, prompt: RenderedPrompt) -> list[str]:
+        """The prompt as token strings (images expanded), for the teaching walkthrough."""
+
+    def token_text(self, token_id: int) -> str:
+        return self.decode([token_id]) or f"<{token_id}>"

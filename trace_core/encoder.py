@@ -1,0 +1,260 @@
+"""The TRACE encoder: route, reason if needed, and embed the pre-token.
+
+For a batch of queries (TRACE, arXiv 2603.02929, Sec. 3):
+1. One prefill over the left-padded prompts gives, at the last prompt position, the hidden state h0 [B, H] and
+   the next-token logits [B, V].
+2. Routing is implicit: a query is *direct* when `<|emb|>` is the argmax of the first-step logits (after an
+   optional bias on the `<|emb|>` logit). Its embedding is h0 itself: the hidden state of the token just
+   before `<|emb|>`. Routing and embedding come out of the same forward pass.
+3. The other queries continue, alone, with greedy decoding on the KV cache until each emits `<|emb|>`; the
+   embedding is the hidden state of the last CoT token (whose greedy successor is `<|emb|>`). A row that
+   reaches the token cap or an end-of-sequence token gets `<|emb|>` forced and is marked truncated.
+4. Embeddings are L2-normalised float32.
+Candidates never reason: one forward pass each, pooled at the last prompt position.
+
+`reasoning="always"` masks `<|emb|>` at the first step; `"never"` takes the direct route for every query;
+`routing_bias` shifts the decision, which traces the cost-benefit curve between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbones.base import Backbone, RenderedPrompt
+from .prompts import render_candidate, render_query
+from .records import Candidate, CotDelta, InputError, Query, QueryResult, ReasoningMode, load_image
+
+log = logging.getLogger(__name__)
+
+REASONING_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    query_batch_size: int = 8  # queries per prefill (and per batched CoT decode)
+    candidate_batch_size: int = 16  # candidates per forward pass
+    max_cot_tokens: int | None = None  # token cap on the CoT; None takes the prompt style's cap
+
+
+@dataclass
+class _Event:
+    kind: str  # "token": row generated `token`; "done": row finished with `result`
+    row: int
+    token: int = -1
+    result: QueryResult | None = None
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+
+class TraceEncoder:
+    """Encodes queries (which may reason) and candidates (which never do) with one backbone."""
+
+    def __init__(self, backbone: Backbone, config: EncoderConfig = EncoderConfig()):
+        self.backbone = backbone
+        self.config = config
+        self.style = backbone.style
+        self.max_cot_tokens = config.max_cot_tokens or self.style.max_cot_tokens
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the embeddings this encoder produces (for manifests and exports)."""
+        return {
+            "model_id": self.backbone.model_id,
+            "revision": self.backbone.revision,
+            "style": self.style.name,
+            "prompt_hash": self.style.hash(),
+            "candidate_prompt_hash": self.style.candidate_hash(),
+            "dim": self.backbone.hidden_size,
+        }
+
+    # ------------------------------------------------------------------ prompts
+    def render_query(self, query: Query) -> RenderedPrompt:
+        image = load_image(query.image)
+        text = render_query(self.style, query, self.backbone.image_placeholder)
+        return RenderedPrompt(text, [image] if image is not None else [])
+
+    def render_candidate(self, candidate: Candidate) -> RenderedPrompt:
+        image = load_image(candidate.image)
+        text = render_candidate(self.style, candidate, self.backbone.image_placeholder)
+        return RenderedPrompt(text, [image] if image is not None else [])
+
+    # ------------------------------------------------------------------ queries
+    def encode_queries(
+        self,
+        queries: Sequence[Query],
+        reasoning: ReasoningMode = "auto",
+        routing_bias: float = 0.0,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[QueryResult]:
+        """Encode queries; each result carries its route, CoT, embedding [D] and latency."""
+        bs = batch_size or self.config.query_batch_size
+        results: list[QueryResult] = []
+        bar = _progress(len(queries), "queries", progress)
+        for start in range(0, len(queries), bs):
+            chunk = list(queries[start : start + bs])
+            done: dict[int, QueryResult] = {}
+            for ev in self._run(chunk, reasoning, routing_bias):
+                if ev.kind == "done":
+                    done[ev.row] = ev.result
+            results.extend(done[i] for i in range(len(chunk)))
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return results
+
+    def stream_query(
+        self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0
+    ) -> Iterator[CotDelta | QueryResult]:
+        """Yield the CoT as `CotDelta`s while it is generated, then the `QueryResult`."""
+        tokens: list[int] = []
+        shown = ""
+        for ev in self._run([query], reasoning, routing_bias):
+            if ev.kind == "token":
+                tokens.append(ev.token)
+                text = self.backbone.decode(tokens)
+                # Byte-level BPE can end mid-character; hold the tail back until it decodes cleanly.
+                if text.startswith(shown) and not text.endswith("\ufffd") and len(text) > len(shown):
+                    yield CotDelta(text[len(shown) :], len(tokens))
+                    shown = text
+            else:
+                final = ev.result
+                if final.cot.startswith(shown) and len(final.cot) > len(shown):
+                    yield CotDelta(final.cot[len(shown) :], final.cot_tokens)
+                yield final
+
+    def _run(self, queries: list[Query], reasoning: ReasoningMode, bias: float) -> Iterator[_Event]:
+        """The TRACE decoding loop for one batch; yields generated tokens and finished results."""
+        if reasoning not in REASONING_MODES:
+            raise InputError(f"reasoning must be one of {REASONING_MODES}, not {reasoning!r}")
+        if not np.isfinite(bias):
+            raise InputError("routing_bias must be a finite number")
+        bb, emb = self.backbone, self.backbone.emb_token_id
+        t0 = time.perf_counter()
+        prompts = [self.render_query(q) for q in queries]
+        out = bb.prefill(prompts, with_logits=True)
+        logits0 = out.logits  # [B, V]
+        p_emb = torch.softmax(logits0, dim=-1)[:, emb]  # [B] the model's own confidence, before any bias
+
+        first = logits0.clone()
+        first[:, emb] += bias
+        # The first step chooses between embedding now and starting a CoT; ending the turn is not an option.
+        first[:, list(bb.stop_token_ids)] = -torch.inf
+        if reasoning == "always":
+            first[:, emb] = -torch.inf
+        direct = first.argmax(-1) == emb  # [B]
+        if reasoning == "never" or not self.style.can_reason:
+            direct[:] = True
+        elif reasoning == "always":
+            direct[:] = False
+
+        def result(i: int, hidden: torch.Tensor, toks: list[int], stop: str) -> QueryResult:
+            return QueryResult(
+                qid=queries[i].qid,
+                route="direct" if bool(direct[i]) else "reason",
+                p_emb=float(p_emb[i]),
+                cot=bb.decode(toks) if toks else "",
+                cot_tokens=len(toks),
+                cot_token_ids=tuple(toks),
+                stop_reason=stop,
+                embedding=_normalise(hidden[None])[0],  # hidden: [H]
+                latency_s=time.perf_counter() - t0,
+                reasoning=reasoning,
+                routing_bias=float(bias),
+            )
+
+        pool_emb_token = self.style.pooling == "emb_token"
+        if not pool_emb_token:
+            for i in torch.nonzero(direct).flatten().tolist():
+                yield _Event("done", i, result=result(i, out.hidden[i], [], "direct"))
+
+        # Rows that go on decoding. `rows[j]` is the query index of batch row j of the decoding state.
+        cont = torch.arange(len(queries)) if pool_emb_token else torch.nonzero(~direct).flatten()
+        if len(cont) == 0:
+            return
+        state = out.state if len(cont) == len(queries) else bb.select(out.state, cont)
+        hidden, logits = out.hidden[cont], first[cont]
+        rows = cont.tolist()
+        toks: dict[int, list[int]] = {i: [] for i in rows}
+        # Rows whose embedding is the hidden state of one more fed token: capped rows (their last CoT token)
+        # and emb_token pooling (the <emb> token itself). Maps query index -> stop reason.
+        pending: dict[int, str] = {}
+        first_step = True
+        while rows:
+            feed: list[int] = []
+            keep: list[int] = []  # batch positions that are fed another token
+            for j, i in enumerate(rows):
+                if i in pending:  # its final token was fed at the previous step
+                    yield _Event("done", i, result=result(i, hidden[j], toks[i], pending.pop(i)))
+                    continue
+                if pool_emb_token and first_step and bool(direct[i]):
+                    nxt = emb
+                else:
+                    nxt = int(logits[j].argmax())
+                if nxt == emb:
+                    if pool_emb_token:
+                        pending[i] = "direct" if first_step and bool(direct[i]) else "emb"
+                        feed.append(emb)
+                        keep.append(j)
+                    else:
+                        yield _Event("done", i, result=result(i, hidden[j], toks[i], "emb"))
+                elif nxt in bb.stop_token_ids:
+                    yield _Event("done", i, result=result(i, hidden[j], toks[i], "eos"))
+                else:
+                    toks[i].append(nxt)
+                    yield _Event("token", i, token=nxt)
+                    if len(toks[i]) >= self.max_cot_tokens:
+                        pending[i] = "max_tokens"  # feed this token; its hidden state is the pre-token
+                    feed.append(nxt)
+                    keep.append(j)
+            first_step = False
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                state = bb.select(state, torch.tensor(keep))
+            rows = [rows[j] for j in keep]
+            step = bb.step(state, torch.tensor(feed))
+            state, hidden, logits = step.state, step.hidden, step.logits
+
+    # ------------------------------------------------------------------ candidates
+    @torch.inference_mode()
+    def encode_candidates(
+        self, candidates: Sequence[Candidate], batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """Embed candidates [N, D]: forced `<|emb|>`, one forward pass, no generation."""
+        bs = batch_size or self.config.candidate_batch_size
+        n = len(candidates)
+        out = np.zeros((n, self.backbone.hidden_size), dtype=np.float32)
+        # Sort by size so a batch pads little; results go back to their original rows.
+        order = sorted(range(n), key=lambda i: (candidates[i].image is not None, len(candidates[i].text or "")))
+        bar = _progress(n, "candidates", progress)
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            prompts = [self.render_candidate(candidates[i]) for i in idx]
+            res = self.backbone.prefill(prompts, with_logits=self.style.pooling == "emb_token")
+            hidden = res.hidden
+            if self.style.pooling == "emb_token":  # pool the <emb> token itself: feed it once
+                hidden = self.backbone.step(res.state, torch.full((len(idx),), self.backbone.emb_token_id)).hidden
+            out[idx] = _normalise(hidden)
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        return out
+
+
+def _progress(total: int, unit: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=f"encoding {unit}")

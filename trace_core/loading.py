@@ -1,0 +1,73 @@
+"""`load_model`: a name or path in, a ready `TraceEncoder` out.
+
+What a path holds decides the backbone: a Qwen2-VL / Qwen2.5-VL checkpoint (config.json with that model type)
+loads through transformers. Weights load from safetensors only, and remote code runs only when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from .encoder import EncoderConfig, TraceEncoder
+from .prompts import STYLES, PromptStyle
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name or path points at nothing loadable; the message says what was tried."""
+
+
+def _is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    style: str | PromptStyle | None = None,
+    device: str | None = None,
+    config: EncoderConfig = EncoderConfig(),
+    trust_remote_code: bool = False,
+) -> TraceEncoder:
+    """Load an encoder from a local checkpoint directory (or a hub id when the network allows it).
+
+    style: a name from `trace_core.prompts.STYLES` or a `PromptStyle`; by default the checkpoint's own
+    `trace_style.json`, else guessed from its special tokens.
+    """
+    name = os.fspath(name_or_path)
+    if isinstance(style, str):
+        if style not in STYLES:
+            raise ValueError(f"unknown prompt style {style!r}; known: {', '.join(STYLES)}")
+        style = STYLES[style]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ModelNotFoundError(f"{path} is not a model checkpoint (no config.json)")
+        model_type = json.loads(config_file.read_text()).get("model_type", "")
+    elif path.exists():
+        raise ModelNotFoundError(f"{path} is a file; give the checkpoint directory")
+    elif _is_hub_id(name):
+        model_type = None  # resolved by transformers; fails with its own message when offline
+    else:
+        raise ModelNotFoundError(f"no model at {name!r}: not a directory, and not a hub id like 'org/name'")
+
+    from .backbones.qwen2vl import QWEN_VL_TYPES, QwenVLBackbone
+
+    if model_type is not None and model_type not in QWEN_VL_TYPES:
+        raise ValueError(f"{name}: unsupported model type {model_type!r}; supported: {', '.join(QWEN_VL_TYPES)}")
+    try:
+        backbone = QwenVLBackbone.from_pretrained(
+            name, style=style, device=device, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        if model_type is None:
+            raise ModelNotFoundError(f"cannot load {name!r} from the hub (offline or unknown id): {exc}") from exc
+        raise
+    log.info("loaded %s (%s style, dim %d)", name, backbone.style.name, backbone.hidden_size)
+    return TraceEncoder(backbone, config)
