@@ -227,3 +227,25 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(trace_core.ModelNotFoundError, match="no config.json"):
         trace_core.load_model(tmp_path / "empty")
+
+
+def test_direct_embedding_is_kept_for_reasoned_queries(encoder):
+    queries = _queries()[:3]
+    never = encoder.encode_queries(queries, reasoning="never")
+    always = encoder.encode_queries(queries, reasoning="always")
+    for n, a in zip(never, always, strict=True):
+        np.testing.assert_allclose(a.direct_embedding, n.embedding, atol=1e-5)
+        assert not np.allclose(a.embedding, n.embedding, atol=1e-3)
+
+
+def test_emb_token_pooling_feeds_the_token(tiny_qwen_dir):
+    """UME-R1-style pooling takes the hidden state of the embedding token itself."""
+    enc = trace_core.load_model(tiny_qwen_dir, style="ume-r1")
+    emb = enc.backbone.emb_token_id
+    q = _queries()[1]
+    r = enc.encode_queries([q], reasoning="never")[0]
+    hidden, _ = _full_forward(enc, q, (emb,))
+    np.testing.assert_allclose(r.embedding, _unit(hidden), atol=1e-5)
+    c = Candidate(text="a blue car", did="1")
+    hidden, _ = _full_forward(enc, c, (emb,))
+    np.testing.assert_allclose(enc.encode_candidates([c])[0], _unit(hidden), atol=1e-5)

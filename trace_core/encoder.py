@@ -152,6 +152,7 @@ class TraceEncoder:
         if reasoning == "always":
             first[:, emb] = -torch.inf
         direct = first.argmax(-1) == emb  # [B]
+        direct_emb = _normalise(out.hidden)  # [B, D] the direct route's embedding of every query
         if reasoning == "never" or not self.style.can_reason:
             direct[:] = True
         elif reasoning == "always":
@@ -167,6 +168,7 @@ class TraceEncoder:
                 cot_token_ids=tuple(toks),
                 stop_reason=stop,
                 embedding=_normalise(hidden[None])[0],  # hidden: [H]
+                direct_embedding=direct_emb[i],
                 latency_s=time.perf_counter() - t0,
                 reasoning=reasoning,
                 routing_bias=float(bias),

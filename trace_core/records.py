@@ -105,6 +105,8 @@ class QueryResult:
     cot_token_ids: tuple[int, ...]  # the generated CoT token ids (what the pre-token hidden state saw)
     stop_reason: StopReason  # how decoding ended: direct, <|emb|> emitted, token cap, or end-of-sequence
     embedding: np.ndarray = field(repr=False)  # [D] float32, L2-normalised pre-token hidden state
+    direct_embedding: np.ndarray | None = field(default=None, repr=False)  # [D] what the direct route would
+    # have embedded (the first-step pre-token); free from the same prefill, kept for counterfactual analysis
     latency_s: float = 0.0  # wall time from the start of the query's batch until its embedding was ready
     reasoning: ReasoningMode = "auto"  # the mode it was encoded with
     routing_bias: float = 0.0  # offset that was added to the <|emb|> logit at the first step
