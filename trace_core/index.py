@@ -169,10 +169,11 @@ def _validate_ids(ids: Sequence[str], n: int) -> list[str]:
     bad = next((x for x in ids if not isinstance(x, str)), None)
     if bad is not None:
         raise ValueError(f"Candidate ids must be strings, got {type(bad).__name__} {bad!r}.")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(x for x in ids if x in seen or seen.add(x))  # type: ignore[func-returns-value]
-        raise ValueError(f"Candidate ids must be unique, but {dup!r} occurs more than once.")
+    seen: set[str] = set()
+    for did in ids:
+        if did in seen:
+            raise ValueError(f"Candidate ids must be unique, but {did!r} occurs more than once.")
+        seen.add(did)
     return ids
 
 
@@ -231,17 +232,17 @@ def _write_faiss(path: Path, index: faiss.Index) -> dict[str, Any]:
 def _check_file(path: Path, record: Mapping[str, Any], rebuild_hint: str) -> None:
     """Raise FileNotFoundError / CorruptIndexError unless ``path`` matches its recorded size and sha256."""
     if not path.is_file():
-        raise FileNotFoundError(f"Index file {path} is missing; {rebuild_hint}.")
+        raise FileNotFoundError(f"File {path} is missing; {rebuild_hint}.")
     size = path.stat().st_size
     if size != record.get("size"):
         raise CorruptIndexError(
-            f"Index file {path} is truncated or corrupt (expected {record.get('size')} bytes, found {size}); "
+            f"File {path} is truncated or corrupt (expected {record.get('size')} bytes, found {size}); "
             f"{rebuild_hint}."
         )
     sha = _sha256_file(path)
     if sha != record.get("sha256"):
         raise CorruptIndexError(
-            f"Index file {path} is corrupt (its sha256 {sha[:12]}... does not match the recorded "
+            f"File {path} is corrupt (its sha256 {sha[:12]}... does not match the recorded "
             f"{str(record.get('sha256'))[:12]}...); {rebuild_hint}."
         )
 
@@ -294,7 +295,9 @@ class CandidateIndex:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return f"CandidateIndex(kind={m.kind!r}, pool_size={m.pool_size}, dim={m.dim}, model_id={m.model_id!r})"
+        return (
+            f"CandidateIndex(kind={m.kind!r}, pool_size={m.pool_size}, dim={m.dim}, model_id={m.model_id!r})"
+        )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -449,7 +452,8 @@ class CandidateIndex:
                     tmp / EMBEDDINGS_FILE, lambda f: np.save(f, self.embeddings, allow_pickle=False)
                 ),
                 IDS_FILE: _write_file(
-                    tmp / IDS_FILE, lambda f: f.write(json.dumps(self.ids, ensure_ascii=False).encode("utf-8"))
+                    tmp / IDS_FILE,
+                    lambda f: f.write(json.dumps(self.ids, ensure_ascii=False).encode("utf-8")),
                 ),
             }
             doc = {"manifest": self.manifest.to_dict(), "files": files}
@@ -485,7 +489,9 @@ class CandidateIndex:
             if not all(name in file_records for name in _DATA_FILES):
                 raise ValueError("file records incomplete")
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CorruptIndexError(f"Index manifest {manifest_path} is unreadable ({err}); {rebuild}.") from err
+            raise CorruptIndexError(
+                f"Index manifest {manifest_path} is unreadable ({err}); {rebuild}."
+            ) from err
 
         # Identity first: cheap, and the more useful message when both problems exist.
         if expected is not None:
@@ -593,7 +599,9 @@ def write_shard(
             f"{manifest.pool_size}-candidate pool ({end - start} items), got {len(ids)}."
         )
     if emb.shape[1] != manifest.dim:
-        raise ValueError(f"Shard {shard} embeddings have dimension {emb.shape[1]}, manifest says {manifest.dim}.")
+        raise ValueError(
+            f"Shard {shard} embeddings have dimension {emb.shape[1]}, manifest says {manifest.dim}."
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = _shard_stem(shard, num_shards)
@@ -636,7 +644,9 @@ def merge_shards(
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CorruptIndexError(f"Shard manifest {path} is unreadable ({err}); {rerun}.") from err
         if (shard, num_shards) != (int(match[1]), int(match[2])):
-            raise CorruptIndexError(f"Shard manifest {path} describes shard {shard} of {num_shards}; {rerun}.")
+            raise CorruptIndexError(
+                f"Shard manifest {path} describes shard {shard} of {num_shards}; {rerun}."
+            )
         counts.add(num_shards)
         metas[shard] = meta
     if not metas:

@@ -6,7 +6,7 @@ The files are read as published by UniIR (see TRACE.md, section M-BEIR):
 - ``cand_pool/local/mbeir_<pool>_cand_pool.jsonl``, where ``pool`` is ``<name>_<split>`` for MSCOCO's test
   pools and ``<name>`` for everything else (we try the split-suffixed name first);
 - ``qrels/<split>/mbeir_<name>_<split>_qrels.txt``, lines ``qid Q0 did relevance task_id``;
-- ``instructions/query_instructions.tsv``, four instructions per (query modality, candidate modality, dataset);
+- ``instructions/query_instructions.tsv``: four instructions per (query modality, cand. modality, dataset);
 - images under ``mbeir_images/``, referenced by paths relative to the data root.
 
 Every line is validated as it is read, and any problem is reported as ``MBEIRFormatError`` naming the file and
@@ -58,7 +58,7 @@ class ImagePathError(ValueError):
     """An image path from the data would leave the data root (absolute, ``..`` or a symlink outside)."""
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Records
 
 
@@ -139,7 +139,7 @@ class MBEIRPair:
         return int(self.name.rsplit("_task", 1)[1])
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Line validation
 
 
@@ -270,7 +270,8 @@ def read_qrels(path: PathLike) -> dict[str, set[str]]:
             if not fields:
                 continue
             if len(fields) != 5:
-                raise _fail(path, line, f"expected 5 fields 'qid Q0 did relevance task_id', got {len(fields)}")
+                what = f"expected 5 fields 'qid Q0 did relevance task_id', got {len(fields)}"
+                raise _fail(path, line, what)
             qid, _q0, did, rel, task = fields
             _check_id(path, line, "qid", qid)
             _check_id(path, line, "did", did)
@@ -278,7 +279,8 @@ def read_qrels(path: PathLike) -> dict[str, set[str]]:
                 relevance = int(rel)
                 task_id = int(task)
             except ValueError:
-                raise _fail(path, line, f"relevance and task_id must be integers, got {rel!r} {task!r}") from None
+                what = f"relevance and task_id must be integers, got {rel!r} {task!r}"
+                raise _fail(path, line, what) from None
             if task_id not in TASK_IDS:
                 raise _fail(path, line, f"task_id must be in 0..8, got {task_id}")
             positives = qrels.setdefault(qid, set())
@@ -287,7 +289,7 @@ def read_qrels(path: PathLike) -> dict[str, set[str]]:
     return qrels
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Instructions
 
 
@@ -315,7 +317,8 @@ class Instructions:
                 f"{r.query_modality} -> {r.cand_modality} {r.dataset} ({r.dataset_id})" for r in self._rows
             )
             raise KeyError(
-                f"no instruction for query modality {query_modality!r}, candidate modality {cand_modality!r}, "
+                f"no instruction for query modality {query_modality!r}, "
+                f"candidate modality {cand_modality!r}, "
                 f"dataset id {dataset_id} in {self._source}; known: {known}"
             )
         return row.prompts
@@ -324,7 +327,9 @@ class Instructions:
         """Instruction number ``index`` (0-based) for this query; UniIR samples one at random, we pick it."""
         prompts = self.get(query.modality, cand_modality, query.dataset_id)
         if not 0 <= index < len(prompts):
-            raise IndexError(f"instruction index {index} out of range: this task has {len(prompts)} instructions")
+            raise IndexError(
+                f"instruction index {index} out of range: this task has {len(prompts)} instructions"
+            )
         return prompts[index]
 
     def rows(self) -> list[InstructionRow]:
@@ -378,7 +383,7 @@ def load_default_instructions() -> Instructions:
         return read_instructions(path)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Images
 
 
@@ -441,7 +446,7 @@ def check_images(root: PathLike, queries: Iterable[MBEIRQuery], candidates: Iter
     logger.debug("checked %d image paths under %s", n, resolved_root)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------
 # Pairs
 
 
@@ -456,7 +461,7 @@ def _split_names(pairs: str | Sequence[str]) -> list[str]:
 
 
 def pool_candidates(root: PathLike, name: str, split: str) -> list[Path]:
-    """The pool files tried for a pair, in order: the split-suffixed name (MSCOCO test), then the plain one."""
+    """Pool files tried for a pair, in order: the split-suffixed name (MSCOCO test), then the plain one."""
     local = Path(root) / "cand_pool" / "local"
     return [local / f"mbeir_{name}_{split}_cand_pool.jsonl", local / f"mbeir_{name}_cand_pool.jsonl"]
 
@@ -498,7 +503,8 @@ def discover_pairs(root: PathLike, split: str, pairs: str | Sequence[str] = "all
         unknown = [n for n in selected if n not in found]
         if unknown:
             raise ValueError(
-                f"unknown M-BEIR pair(s) {', '.join(unknown)} for split {split!r}; available: {', '.join(found)}"
+                f"unknown M-BEIR pair(s) {', '.join(unknown)} for split {split!r}; "
+                f"available: {', '.join(found)}"
             )
 
     result: list[MBEIRPair] = []
@@ -522,7 +528,8 @@ def candidate_modality_of(
 ) -> str:
     """Modality of the query's first positive that is in the pool: what UniIR uses to pick the instruction.
 
-    ``positives`` overrides ``query.positives`` (e.g. with the qrels' positives). KeyError if none is in the pool.
+    ``positives`` overrides ``query.positives`` (e.g. with the qrels' positives).
+    KeyError if none of them is in the pool.
     """
     ids = list(query.positives if positives is None else positives)
     for did in ids:

@@ -67,7 +67,7 @@ def gold_rank(ranked_ids: Sequence[str], positives: Collection[str]) -> int | No
 
 
 def headline_k(pair_name: str) -> int:
-    """Headline cut-off of a pair ("fashioniq_task7" -> 10, "cirr_task7" -> 5); a bare dataset name works too."""
+    """Headline cut-off of a pair ("fashioniq_task7" -> 10, "cirr_task7" -> 5); a bare dataset name works."""
     dataset = pair_name.rsplit("_task", 1)[0].lower()
     return HEADLINE_K.get(dataset, DEFAULT_HEADLINE_K)
 

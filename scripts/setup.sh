@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv and installs everything the project needs. Idempotent: a second run only checks.
+# torch is installed first and pinned, so no other package can pull a multi-GB CUDA build on a CPU machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+stamp=.venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  pip install -q --disable-pip-version-check "torch==2.13.0"
+  pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
