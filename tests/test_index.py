@@ -443,3 +443,12 @@ def test_write_shard_validates_slice(tmp_path):
     with pytest.raises(ValueError, match="dimension 8"):
         write_shard(tmp_path, 1, 3, pool_ids(3), unit_vectors(3, dim=8), manifest)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_with_empty_shards(tmp_path):
+    # 3 candidates over 5 hosts: shards 3 and 4 are empty but must still be written and merged.
+    ids, emb = pool_ids(3), unit_vectors(3, seed=16)
+    _write_pool_shards(tmp_path, ids, emb, 5)
+    merged = merge_shards(tmp_path)
+    assert merged.ids == ids
+    np.testing.assert_array_equal(merged.embeddings, emb)

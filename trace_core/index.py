@@ -177,12 +177,17 @@ def _validate_ids(ids: Sequence[str], n: int) -> list[str]:
     return ids
 
 
-def _validate_embeddings(embeddings: np.ndarray, what: str = "Candidate embeddings") -> np.ndarray:
-    """Return a private C-contiguous float32 copy ``[N, D]`` after shape/finiteness checks."""
+def _validate_embeddings(
+    embeddings: np.ndarray, what: str = "Candidate embeddings", allow_empty: bool = False
+) -> np.ndarray:
+    """Return a private C-contiguous float32 copy ``[N, D]`` after shape/finiteness checks.
+
+    ``allow_empty`` admits N == 0 (a shard of a pool smaller than the shard count).
+    """
     arr = np.asarray(embeddings)
     if arr.ndim != 2:
         raise ValueError(f"{what} must be a 2-D array [N, D], got shape {arr.shape}.")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
+    if (arr.shape[0] == 0 and not allow_empty) or arr.shape[1] == 0:
         raise ValueError(f"{what} must be non-empty, got shape {arr.shape}.")
     # Copy so later mutation of the caller's array cannot desynchronise the faiss index from the vectors
     # used for exact ranks.
@@ -591,7 +596,11 @@ def write_shard(
     marks the shard complete. Returns the ``.npz`` path.
     """
     start, end = shard_bounds(manifest.pool_size, shard, num_shards)
-    emb = _validate_embeddings(embeddings, what=f"Shard {shard} embeddings")
+    if end == start and np.asarray(embeddings).size == 0:
+        # An empty slice (pool smaller than the shard count) still needs its file so merge sees every shard;
+        # encoders may hand back shape [0] instead of [0, D] for no inputs.
+        embeddings = np.zeros((0, manifest.dim), dtype=np.float32)
+    emb = _validate_embeddings(embeddings, what=f"Shard {shard} embeddings", allow_empty=True)
     ids = _validate_ids(ids, emb.shape[0])
     if len(ids) != end - start:
         raise ValueError(
