@@ -69,6 +69,7 @@ class Example:
     query: Query  # text / image path / instruction filled in
     cot: str | None  # teacher CoT (reason route) or None (direct route)
     positive: Candidate  # one positive candidate
+    all_positives: frozenset[str]  # every positive did of the query: none of them is a negative for it
     instructions: tuple[str, ...]  # the four instructions of the example's task, for sampling
 
 
@@ -116,7 +117,7 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
                 cand = Candidate(
                     text=c.text, image=str(resolve_image(root, c.image_path)) if c.image_path else None, did=c.did
                 )
-                examples.append(Example(pair.name, query, cot, cand, tuple(prompts)))
+                examples.append(Example(pair.name, query, cot, cand, frozenset(positives[q.qid]), tuple(prompts)))
         if examples:
             by_pair[pair.name] = examples
     if not by_pair:
@@ -189,10 +190,9 @@ class Trainer:
         q = nn.functional.normalize(q.float(), dim=-1)
         c = nn.functional.normalize(c.float(), dim=-1)
         logits = q @ c.T / self.cfg.temperature  # [B, B]
-        dids = [ex.positive.did for ex in batch]
-        same = torch.tensor([[a == b for b in dids] for a in dids])
-        # A column holding the same candidate as the diagonal is not a negative.
-        logits = logits.masked_fill(same & ~torch.eye(len(batch), dtype=torch.bool), -torch.inf)
+        # A column holding another positive of the row's query (or the same candidate) is not a negative.
+        false_neg = torch.tensor([[c.positive.did in r.all_positives for c in batch] for r in batch])
+        logits = logits.masked_fill(false_neg & ~torch.eye(len(batch), dtype=torch.bool), -torch.inf)
         nce = nn.functional.cross_entropy(logits, torch.arange(len(batch)))
         ce = ce_sum / max(n_tok, 1)
         loss = self.cfg.lambda_ret * nce + self.cfg.lambda_gen * ce
@@ -299,7 +299,8 @@ def build_model(base: str, init: str | None = None):
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(Path(init) / "trace_mini.safetensors"), strict=False)
-        return model, TRACE_STYLE
+        # Teacher CoTs are at most ~90 tokens; a cap a little above keeps a looping model from running long.
+        return model, dataclasses.replace(TRACE_STYLE, max_cot_tokens=128)
     from .backbones.qwen2vl import QwenVLTrainable
 
     model = QwenVLTrainable.from_pretrained(base)

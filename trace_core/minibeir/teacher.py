@@ -1,0 +1,217 @@
+"""Rule-based teacher chains of thought for the complex queries of TRACE-mini, and the paper's CoT filters.
+
+The paper's teacher is an MLLM writing ``<reasoning>..</reasoning><answer>..</answer>`` per task type; ours
+writes the same format from the structured source metadata, with several wordings per task chosen by a
+seeded RNG so the student does not learn one fixed sentence. Every output then goes through ``filter_cot``
+(the paper's rule filters; the MLLM verifier has no counterpart here) before the tags are removed.
+CoTs are kept short (about 16-60 words) because decoding on CPU runs at ~8 tokens/s.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+# Paper bounds, in tokens; we count whitespace-separated words (the student's tokenizer is not fixed here).
+REASONING_WORDS = (16, 256)
+ANSWER_WORDS = (2, 64)
+_PAIR_RE = re.compile(r"^\s*<reasoning>(.*?)</reasoning>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
+_TAG_RE = re.compile(r"</?(?:reasoning|answer)>")
+_REFUSALS = ("i cannot", "i can't", "as an ai", "i am unable", "i'm sorry", "not able to help")
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    raw: str  # "<reasoning>..</reasoning><answer>..</answer>", as a teacher model would emit it
+    answer: str  # the answer sentence (inside <answer>), also the CoT's last sentence
+    keywords: tuple[str, ...]  # salient words of the instruction or target the answer must mention
+
+
+def strip_tags(raw: str) -> str:
+    """Stored CoT: reasoning text followed by the answer sentence, tags removed (what the student learns)."""
+    m = _PAIR_RE.match(raw)
+    if m is None:
+        raise ValueError("not exactly one <reasoning>..</reasoning><answer>..</answer> pair")
+    return f"{_norm_space(m.group(1))} {_norm_space(m.group(2))}"
+
+
+def _norm_space(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9][a-z0-9'\-]*", text.lower())
+
+
+# Answer-template words that say nothing about the target; ignored when comparing with the source caption.
+_BOILERPLATE = frozenset(
+    "the a an target is so i am looking for emoji result should be answer that only match".split()
+)
+
+
+def _content_words(text: str) -> frozenset[str]:
+    return frozenset(w for w in _words(text) if w not in _BOILERPLATE)
+
+
+def _has_loop(text: str) -> str | None:
+    """Why the text repeats itself (a repeated sentence or a 3-gram occurring 4+ times), else None.
+
+    Three occurrences are allowed: a multi-word entity name legitimately appears in the source, the
+    reasoning and the answer.
+    """
+    sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 3]
+    if len(sentences) != len(set(sentences)):
+        return "repeated sentence"
+    words = _words(text)
+    counts: dict[tuple[str, ...], int] = {}
+    for i in range(len(words) - 2):
+        gram = tuple(words[i : i + 3])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] >= 4:
+            return f"3-gram loop {' '.join(gram)!r}"
+    return None
+
+
+def filter_cot(
+    cot: str,
+    answer: str,
+    source_caption: str | None,
+    keywords: Iterable[str],
+    *,
+    seen: set[str] | None = None,
+) -> tuple[bool, str]:
+    """The paper's rule filters on one teacher output; returns (kept, reason), reason "ok" when kept.
+
+    ``cot`` is the raw teacher output with its tags; ``answer`` is the gold target description the CoT must
+    lead to; ``source_caption`` is the caption of a composed query's reference item (None otherwise);
+    ``keywords`` are salient words of the instruction or target, at least one of which the answer sentence
+    must contain (``answer``'s words are used when none are given). ``seen`` holds normalised CoTs kept so
+    far across the corpus: a duplicate is rejected and a kept CoT is added.
+    """
+    if len(_TAG_RE.findall(cot)) != 4 or _PAIR_RE.match(cot) is None:
+        return False, "not exactly one reasoning/answer tag pair"
+    m = _PAIR_RE.match(cot)
+    assert m is not None  # checked just above
+    reasoning, ans = _norm_space(m.group(1)), _norm_space(m.group(2))
+    n_r, n_a = len(reasoning.split()), len(ans.split())
+    if not REASONING_WORDS[0] <= n_r <= REASONING_WORDS[1]:
+        return False, f"reasoning length {n_r} words outside {REASONING_WORDS}"
+    if not ANSWER_WORDS[0] <= n_a <= ANSWER_WORDS[1]:
+        return False, f"answer length {n_a} words outside {ANSWER_WORDS}"
+    full = f"{reasoning} {ans}"
+    loop = _has_loop(full)
+    if loop:
+        return False, loop
+    low = full.lower()
+    if any(r in low for r in _REFUSALS):
+        return False, "refusal"
+    letters = [c for c in full if c.isalpha()]
+    if letters and sum(c.isascii() for c in letters) / len(letters) < 0.95:
+        return False, "not English"
+    keys = [k.lower() for k in keywords if k.strip()] or [w for w in _words(answer) if len(w) > 2]
+    ans_low = ans.lower()
+    if not any(re.search(rf"(?<![a-z0-9]){re.escape(k)}(?![a-z0-9])", ans_low) for k in keys):
+        return False, "answer lacks a salient keyword"
+    if source_caption is not None and _content_words(ans) == _content_words(source_caption):
+        return False, "composed answer equals the source caption"
+    if seen is not None:
+        key = " ".join(_words(full))
+        if key in seen:
+            return False, "duplicate"
+        seen.add(key)
+    return True, "ok"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Templates. Each returns (reasoning, answer); wording varies, content comes from metadata only.
+
+
+def _pick(rng: random.Random, options: Sequence[str]) -> str:
+    return options[rng.randrange(len(options))]
+
+
+def _wrap(reasoning: str, answer: str, keywords: Sequence[str]) -> TeacherOutput:
+    raw = f"<reasoning>{reasoning}</reasoning><answer>{answer}</answer>"
+    return TeacherOutput(raw=raw, answer=answer, keywords=tuple(keywords))
+
+
+def composed_cot(
+    rng: random.Random, source: str, operation: str, unchanged: str, target: str, keywords: Sequence[str]
+) -> TeacherOutput:
+    """Composed edit: state the source, the operation and what stays unchanged, then a one-line target."""
+    reasoning = _pick(
+        rng,
+        (
+            "The reference image shows the {s} emoji. The instruction asks me to {o}. "
+            "The {u} stay the same, so only that one attribute changes.",
+            "Source: the {s} emoji. Requested change: {o}. Nothing else should move; "
+            "I keep the {u} exactly as in the reference.",
+            "I start from the {s} emoji in the picture. The edit is to {o}, "
+            "while the {u} are left unchanged.",
+            "The given image is the {s} emoji. To satisfy the request I {o}; "
+            "the {u} carry over from the reference without change.",
+        ),
+    ).format(s=source, o=operation, u=unchanged)
+    answer = _pick(
+        rng,
+        (
+            "The target is the {t} emoji.",
+            "So I am looking for the {t} emoji.",
+            "Target: the {t} emoji.",
+            "The result should be the {t} emoji.",
+        ),
+    ).format(t=target)
+    return _wrap(reasoning, answer, keywords)
+
+
+def knowledge_cot(
+    rng: random.Random, entity: str, question_topic: str, fact: str, keywords: Sequence[str]
+) -> TeacherOutput:
+    """Knowledge question about an image: identify the entity, then look up the fact, in short steps."""
+    reasoning = _pick(
+        rng,
+        (
+            "Step 1: the image shows the {e} emoji. Step 2: the question asks about its {q}. "
+            "Step 3: its reference entry states that {f}.",
+            "First I recognise the picture as the {e} emoji. Then I need its {q}; "
+            "the catalogue entry for this emoji says {f}.",
+            "The picture is the {e} emoji. The query wants the {q}, which a reference passage "
+            "on this emoji answers: {f}.",
+        ),
+    ).format(e=entity, q=question_topic, f=fact)
+    answer = _pick(
+        rng,
+        (
+            "The relevant passage is the entry for the {e} emoji.",
+            "I need the reference entry describing the {e} emoji.",
+            "Answer: the passage about the {e} emoji.",
+        ),
+    ).format(e=entity)
+    return _wrap(reasoning, answer, keywords)
+
+
+def constraint_cot(
+    rng: random.Random, constraints: Sequence[str], target: str, keywords: Sequence[str]
+) -> TeacherOutput:
+    """Multi-constraint question: list the constraints, narrow down, name the single match."""
+    listed = "; ".join(constraints)
+    reasoning = _pick(
+        rng,
+        (
+            "The question sets {n} constraints: {c}. Checking them one by one narrows the candidates "
+            "to a single emoji that meets all of them.",
+            "Constraints to satisfy: {c}. Only one emoji passes every one of these {n} conditions.",
+            "I have to match {n} conditions at once: {c}. Filtering by each in turn leaves exactly one emoji.",
+        ),
+    ).format(n=len(constraints), c=listed)
+    answer = _pick(
+        rng,
+        (
+            "The answer is the {t} emoji.",
+            "That emoji is the {t}.",
+            "The only match is the {t} emoji.",
+        ),
+    ).format(t=target)
+    return _wrap(reasoning, answer, keywords)
