@@ -40,7 +40,7 @@ from torch import nn
 from .backbones.base import RenderedPrompt
 from .mbeir import MBEIRCandidate, discover_pairs, load_pair, read_instructions, resolve_image
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
-from .records import Candidate, Query
+from .records import Candidate, Query, load_image
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 32  # queries (and their positives) per step
     lr: float = 2e-4  # peak learning rate (paper: 2e-4)
     warmup: int = 20  # linear warm-up steps, then cosine decay to 10% of the peak
+    new_param_lr_scale: float = 10.0  # learning-rate multiplier for parameters trained from scratch
     weight_decay: float = 0.0
     temperature: float = 0.05  # InfoNCE temperature
     lambda_gen: float = 1.0  # weight of the CoT cross-entropy (0: retrieval loss only, the ablation)
@@ -135,7 +136,16 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.rng = random.Random(config.seed + 1000 * self.rank)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # Parameters trained from scratch (projector, <|emb|>) get new_param_lr_scale x the LoRA learning rate:
+        # Adam moves each weight by about lr per step, and a new output row must travel much further than an
+        # adapter of a pretrained layer.
+        new = {id(p) for p in getattr(model, "new_parameters", list)()}
+        groups = [
+            {"params": [p for p in self.params if id(p) not in new], "lr": config.lr},
+            {"params": [p for p in self.params if id(p) in new], "lr": config.lr * config.new_param_lr_scale},
+        ]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.features = getattr(model, "feature_cache", None)
@@ -163,7 +173,10 @@ class Trainer:
         return batch
 
     def _prompt(self, text: str, image) -> RenderedPrompt:
-        return RenderedPrompt(text, [image] if image is not None else [])
+        if image is None:
+            return RenderedPrompt(text, [])
+        # With cached features (TRACE-mini) the path is only a key; otherwise the model needs the pixels.
+        return RenderedPrompt(text, [image if self.features is not None else load_image(image)])
 
     def _features(self, items) -> list[torch.Tensor | None]:
         if self.features is None:
@@ -200,7 +213,9 @@ class Trainer:
         return {"loss": loss, "nce": nce.detach(), "ce": ce.detach(), "in_batch_acc": acc}
 
     # ---- loop
-    def train(self, progress: bool = True) -> Path:
+    def train(self, progress: bool = True, until: int | None = None) -> Path:
+        """Train to `config.steps` (or stop early at step `until`, as an interrupted run would)."""
+        last = min(until or self.cfg.steps, self.cfg.steps)
         self.model.train()
         log_file = self.out / "train_log.jsonl"
         self.out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +225,7 @@ class Trainer:
 
             bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", desc="training")
         t0 = time.perf_counter()
-        while self.step < self.cfg.steps:
+        while self.step < last:
             batch = self._draw()
             out = self.losses(batch)
             self.optimizer.zero_grad(set_to_none=True)

@@ -164,13 +164,27 @@ class TraceMini(nn.Module):
         self.vision = vision
         hidden = lm.config.hidden_size
         self.hidden_size = hidden
-        self.projector = nn.Sequential(nn.Linear(config.vision_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.image_pos = nn.Parameter(torch.zeros(config.image_tokens, hidden))
         table = lm.get_input_embeddings().weight.detach()
+        # Image tokens must live at the scale of word embeddings (norm ~3 in SmolLM2, against ~400 for a plain
+        # MLP on EfficientNet features): a token hundreds of times larger than its neighbours dominates the
+        # residual stream and, through RMSNorm, receives gradients hundreds of times too small to learn.
+        # LayerNorm in, LayerNorm out with its gain set to the mean word-embedding norm.
+        out_norm = nn.LayerNorm(hidden)
+        with torch.no_grad():
+            out_norm.weight.fill_(float(table.norm(dim=-1).mean()) / hidden**0.5)
+        self.projector = nn.Sequential(
+            nn.LayerNorm(config.vision_dim), nn.Linear(config.vision_dim, hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), out_norm,
+        )
+        self.image_pos = nn.Parameter(torch.zeros(config.image_tokens, hidden))
         # Start <|emb|> as an average token: in the input, and as an output row that is not yet preferred.
         self.emb_in = nn.Parameter(table.mean(0).clone())
         self.emb_out = nn.Parameter(table.mean(0).clone())
-        self.emb_bias = nn.Parameter(torch.tensor(-5.0))
+        self.emb_bias = nn.Parameter(torch.tensor(0.0))
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained from scratch (not adapters of pretrained ones): they take a larger step."""
+        return [*self.projector.parameters(), self.image_pos, self.emb_in, self.emb_out, self.emb_bias]
 
     @classmethod
     def create(cls, config: MiniConfig, lm_dir: str | os.PathLike | None = None) -> TraceMini:
@@ -232,6 +246,13 @@ class TraceMini(nn.Module):
         if path not in self._features:
             self.precompute_features([path], progress=False)
         return self._features[path]
+
+    def train(self, mode: bool = True) -> TraceMini:
+        """The vision encoder stays in eval mode: in train mode its BatchNorm would use (and update) the
+        statistics of whatever images are in the batch, so the same image would get different features."""
+        super().train(mode)
+        self.vision.eval()
+        return self
 
     # ---- pieces
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -124,22 +124,30 @@ class QwenVLBackbone(Backbone):
             out += "<|image_pad|>" * int(grid.prod().item() // self.merge**2) + rest
         return out
 
-    def _inputs(self, prompts: list[RenderedPrompt]) -> dict:
+    def _inputs(self, prompts: list[RenderedPrompt], suffixes: list[list[int]] | None = None) -> dict:
+        """Left-padded model inputs; `suffixes` are token ids appended after each prompt (teacher forcing)."""
         images = [img for p in prompts for img in p.images]
         vision = {}
         grids: list[torch.Tensor] = []
         if images:
             vision = dict(self.image_processor(images=images, return_tensors="pt"))
             grids = list(vision["image_grid_thw"])
-        texts, i = [], 0
-        for p in prompts:
-            texts.append(self._expand_images(p, grids[i : i + len(p.images)]))
+        rows, i = [], 0
+        for k, p in enumerate(prompts):
+            text = self._expand_images(p, grids[i : i + len(p.images)])
             i += len(p.images)
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            rows.append(ids + (list(suffixes[k]) if suffixes else []))
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for k, r in enumerate(rows):
+            input_ids[k, length - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention_mask[k, length - len(r) :] = 1
         inputs = {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int(),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_token_type_ids": (input_ids == self.image_token_id).int(),
         }
         if images:
             inputs["pixel_values"] = vision["pixel_values"].to(self.model.dtype)
@@ -198,3 +206,93 @@ class QwenVLBackbone(Backbone):
 
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(int(token_id))
+
+
+class QwenVLTrainable(torch.nn.Module):
+    """A Qwen2-VL-family checkpoint prepared for TRACE training: LoRA on the language model, the vision tower
+    frozen (as in the paper), and only the `<|emb|>` rows of the input and output embeddings trainable.
+
+    `forward_train` has the same contract as TRACE-mini's, so `trace_core.train.Trainer` runs either.
+    """
+
+    image_placeholder = IMAGE_PLACEHOLDER
+
+    def __init__(self, backbone: QwenVLBackbone, lora_r: int = 16, lora_alpha: int = 32,
+                 lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")):
+        super().__init__()
+        from peft import LoraConfig, inject_adapter_in_model
+
+        self.backbone = backbone
+        self.model = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.emb_token_id = backbone.emb_token_id
+        self.style = backbone.style
+        self.model.requires_grad_(False)
+        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=0.0)
+        inject_adapter_in_model(lora, self.model.model.language_model)
+        # The new token's rows learn; a gradient mask keeps every other row of the (large) matrices fixed.
+        keep = torch.zeros(self.model.get_input_embeddings().weight.shape[0], 1)
+        keep[self.emb_token_id] = 1
+        for weight in {id(w): w for w in (self.model.get_input_embeddings().weight,
+                                          self.model.lm_head.weight)}.values():
+            weight.requires_grad_(True)
+            weight.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))
+
+    @classmethod
+    def from_pretrained(cls, path: str, **lora) -> QwenVLTrainable:
+        return cls(QwenVLBackbone.from_pretrained(path, dtype=torch.float32), **lora)
+
+    def forward_train(self, prompts: list[RenderedPrompt], targets: list[list[int]] | None = None,
+                      features=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Pooled pre-token hidden states [B, H], summed CE over the targets, and their count (see TraceMini)."""
+        suffixes = [t[:-1] for t in targets] if targets is not None else None
+        inputs = self.backbone._inputs(prompts, suffixes)
+        core = self.model.model
+        position_ids, _ = core.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                              image_grid_thw=inputs.get("image_grid_thw"),
+                                              attention_mask=inputs["attention_mask"])
+        hidden = core(**inputs, position_ids=position_ids, use_cache=False).last_hidden_state
+        pooled = hidden[:, -1]
+        if targets is None:
+            return pooled, pooled.new_zeros(()), 0
+        length = hidden.shape[1]
+        rows = torch.cat([torch.full((len(t),), i) for i, t in enumerate(targets)])
+        cols = torch.cat([torch.arange(length - len(t), length) for t in targets])
+        labels = torch.tensor([x for t in targets for x in t], device=hidden.device)
+        logits = self.model.lm_head(hidden[rows, cols]).float()
+        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        return pooled, ce, int(labels.numel())
+
+    def export(self, directory, style: PromptStyle | None = None) -> Path:
+        """Merge LoRA into a copy of the weights and save a checkpoint that `load_model` reads."""
+        import copy
+        import os
+        import shutil
+        import tempfile
+
+        from peft.tuners.lora import LoraLayer
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        model = copy.deepcopy(self.model)
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+        # Replace each LoRA wrapper by its merged base layer so the saved keys are the plain model's.
+        for name, module in list(model.named_modules()):
+            if isinstance(module, LoraLayer):
+                parent = model.get_submodule(name.rsplit(".", 1)[0])
+                setattr(parent, name.rsplit(".", 1)[1], module.get_base_layer())
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        try:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            self.backbone.image_processor.save_pretrained(tmp)
+            (tmp / STYLE_FILE).write_text((style or self.style).to_json() + "\n")
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
