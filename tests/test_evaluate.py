@@ -132,3 +132,16 @@ def test_cli_user_errors_exit_2(fixture, tiny_qwen_dir, tmp_path, capsys):
             "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "no model at" in capsys.readouterr().err
+
+
+def test_large_pools_get_an_approximate_index_with_its_recall_logged(fixture, tiny_qwen_dir, tmp_path, caplog):
+    caplog.set_level("INFO")
+    argv = ["--mbeir-dir", str(fixture["root"]), "--pairs", "webqa_task1", "--model", str(tiny_qwen_dir),
+            "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--approximate-above", "5"]
+    assert main(argv) == 0
+    assert "approximate index recall@10 vs exact search" in caplog.text
+    manifest = json.loads(next((tmp_path / "c").glob("*/manifest.json")).read_text())
+    assert manifest["manifest"]["kind"] == "hnsw"
+    # gold ranks stay exact even when the search is approximate
+    table = pd.read_parquet(tmp_path / "o" / "queries.parquet")
+    assert table["gold_rank"].between(1, 12).all()

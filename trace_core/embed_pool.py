@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from .encoder import TraceEncoder
 from .index import (
     CandidateIndex,
@@ -102,6 +104,10 @@ def pool_index(
         pool_hash=expected.pool_hash,
         config=config,
     )
+    if index.manifest.kind != "flat":
+        # Report what the approximation costs: recall@10 against exact search, pool items as probe queries.
+        probe = embeddings[np.random.default_rng(0).choice(len(embeddings), min(256, len(embeddings)), False)]
+        log.info("%s: approximate index recall@10 vs exact search: %.3f", pool_name, index.recall_vs_exact(probe))
     index.save(path)
     return index
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .embed_pool import pool_index, to_query
 from .encoder import REASONING_MODES, TraceEncoder
-from .index import CorruptIndexError, IndexMismatchError
+from .index import CorruptIndexError, IndexConfig, IndexMismatchError
 from .loading import ModelNotFoundError
 from .mbeir import (
     Instructions,
@@ -59,6 +59,7 @@ class EvalConfig:
     counterfactual: bool = False  # also encode every query with reasoning forced on (for the analysis)
     run_id: str = "trace"  # run id column of the run files
     cache_dir: str = ".cache/index"  # where pool indexes are cached
+    approximate_above: int = IndexConfig.approximate_above  # pools larger than this get an HNSW index
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -93,7 +94,8 @@ def evaluate_pair(
         raise ValueError(f"{pair.query_file} has no queries")
     check_images(root, queries, pool)
     pool_by_id = {c.did: c for c in pool}
-    index = pool_index(encoder, pool, root, cfg.cache_dir, pair.pool_file.stem)
+    index = pool_index(encoder, pool, root, cfg.cache_dir, pair.pool_file.stem,
+                       IndexConfig(approximate_above=cfg.approximate_above))
 
     inputs = []
     for q in queries:
@@ -260,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--style", default=None, help="prompt style override: trace, lamra, ume-r1")
     parser.add_argument("--device", default=None)
     parser.add_argument("--cache-dir", default=".cache/index", help="where pool indexes are cached")
+    parser.add_argument("--approximate-above", type=int, default=IndexConfig.approximate_above,
+                        help="pools larger than this use an HNSW index (its recall vs exact search is logged)")
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -272,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_queries=args.max_queries,
         counterfactual=args.counterfactual,
         cache_dir=args.cache_dir,
+        approximate_above=args.approximate_above,
     )
     try:
         root = Path(args.mbeir_dir)

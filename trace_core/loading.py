@@ -40,6 +40,10 @@ def load_model(
     `trace_style.json`, else guessed from its special tokens.
     """
     name = os.fspath(name_or_path)
+    if name == "minilm-bridge":  # the zero-shot dual-encoder baseline (trace_core/baselines.py)
+        from .baselines import BridgeEncoder
+
+        return BridgeEncoder(device=device)
     if isinstance(style, str):
         if style not in STYLES:
             raise ValueError(f"unknown prompt style {style!r}; known: {', '.join(STYLES)}")

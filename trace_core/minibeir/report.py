@@ -1,0 +1,128 @@
+"""The TRACE-mini evidence: evaluate the model in every mode, the baselines, and write one results file.
+
+    python -m trace_core.minibeir.report --model assets/trace-mini --data assets/minibeir \
+        [--ablation runs/trace-mini-nogen/model] [--baseline minilm-bridge] --out assets/trace-mini
+
+Runs `trace_core.evaluate` on the held-out test split for: TRACE-mini in auto mode, forced never to reason,
+forced always to reason; the λ_gen = 0 ablation (when given); the dual-encoder baseline (when given). Writes
+OUT/results.json (every run's per-pair metrics and the routing agreement with the difficulty labels) and
+OUT/RESULTS.md (the tables, for the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluate import EvalConfig, evaluate
+from ..loading import load_model
+from ..mbeir import discover_pairs
+from ..metrics import headline_metric
+
+log = logging.getLogger(__name__)
+
+
+def routing_labels(data: Path, split: str) -> pd.DataFrame:
+    """qid -> labelled route of the test queries (the M-BEIR-CoT `route` key)."""
+    rows = []
+    for pair in discover_pairs(data, split):
+        for line in pair.query_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                obj = json.loads(line)
+                rows.append({"pair": pair.name, "qid": obj["qid"], "label": obj.get("route", "direct")})
+    return pd.DataFrame(rows)
+
+
+def routing_agreement(queries: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """How often the model's route matches the difficulty label, overall and per label."""
+    merged = queries[["pair", "qid", "route"]].merge(labels, on=["pair", "qid"])
+    out = {"accuracy": float((merged["route"] == merged["label"]).mean())}
+    for label in ("direct", "reason"):
+        part = merged[merged["label"] == label]
+        if len(part):
+            out[f"reason_rate_when_{label}"] = float((part["route"] == "reason").mean())
+            out[f"n_{label}"] = int(len(part))
+    return out
+
+
+def _table(runs: dict[str, dict]) -> str:
+    pairs = sorted(next(iter(runs.values()))["pairs"])
+    head = "| pair | metric | " + " | ".join(runs) + " |"
+    lines = [head, "|" + "---|" * (len(runs) + 2)]
+    for p in pairs:
+        metric = headline_metric(p)
+        cells = [f"{100 * r['pairs'][p][metric]:.1f}" for r in runs.values()]
+        lines.append(f"| {p} | {metric.replace('recall@', 'R@')} | " + " | ".join(cells) + " |")
+    cells = [f"{100 * r['average']['headline']:.1f}" for r in runs.values()]
+    lines.append("| **average** | headline | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _detail(name: str, r: dict) -> str:
+    lines = [f"#### {name}", "", "| pair | R@1 | R@5 | R@10 | reason rate | mean CoT tokens | queries/s | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p, m in sorted(r["pairs"].items()):
+        lines.append(
+            f"| {p} | {100 * m['recall@1']:.1f} | {100 * m['recall@5']:.1f} | {100 * m['recall@10']:.1f} | "
+            f"{m['reason_rate']:.2f} | {m['mean_cot_tokens']:.1f} | {m['queries_per_s']:.2f} | {m['n_queries']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trace_core.minibeir.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", default="assets/minibeir")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--ablation", default=None, help="checkpoint trained with λ_gen = 0")
+    parser.add_argument("--baseline", default=None, help="a dual-encoder baseline, e.g. minilm-bridge")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--work", default="runs/report", help="folder for the individual evaluation runs")
+    parser.add_argument("--cache-dir", default=".cache/index")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    data, work, out = Path(args.data), Path(args.work), Path(args.out)
+    labels = routing_labels(data, args.split)
+
+    plan = [("TRACE-mini auto", args.model, "auto"), ("never reason", args.model, "never"),
+            ("always reason", args.model, "always")]
+    if args.ablation:
+        plan.append(("λ_gen = 0 ablation (auto)", args.ablation, "auto"))
+    if args.baseline:
+        plan.append((f"baseline: {args.baseline}", args.baseline, "never"))
+    runs, routing, encoders = {}, {}, {}
+    for name, model, mode in plan:
+        log.info("== %s", name)
+        if model not in encoders:
+            encoders = {model: load_model(model)}  # keep one model in memory at a time
+        run_dir = work / name.split(":")[0].replace(" ", "-").replace("λ_gen-=-0", "nogen")
+        cfg = EvalConfig(reasoning=mode, cache_dir=args.cache_dir, run_id=name.split()[0])
+        runs[name] = evaluate(encoders[model], data, args.split, "all", run_dir, cfg)
+        routing[name] = routing_agreement(pd.read_parquet(run_dir / "queries.parquet"), labels)
+
+    results = {"split": args.split, "data": str(data), "runs": runs, "routing_vs_labels": routing}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = ["# TRACE-mini results on the held-out test split of assets/minibeir", "",
+          f"Produced by `python -m trace_core.minibeir.report {' '.join(argv or sys.argv[1:])}`.", "",
+          "Headline metric per pair (R@5; R@10 for fashion datasets), in %:", "", _table(runs), "",
+          "Routing against the difficulty labels (share of queries routed to reasoning):", "",
+          "| run | agreement | reason rate on 'direct'-labelled | reason rate on 'reason'-labelled |",
+          "|---|---|---|---|"]
+    for name, r in routing.items():
+        md.append(f"| {name} | {r['accuracy']:.2f} | {r.get('reason_rate_when_direct', 0):.2f} | "
+                  f"{r.get('reason_rate_when_reason', 0):.2f} |")
+    md += ["", "Per-pair detail:", ""] + [_detail(n, r) + "\n" for n, r in runs.items()]
+    (out / "RESULTS.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md[:8 + len(runs["TRACE-mini auto"]["pairs"]) + 3]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
