@@ -56,7 +56,13 @@ def load_image(image: ImageInput) -> Image.Image | None:
         raise InputError("image is empty (0 pixels)")
     if img.width * img.height > MAX_IMAGE_PIXELS:
         raise InputError(f"image is too large ({img.width}x{img.height} pixels; limit {MAX_IMAGE_PIXELS:,})")
-    if img.mode != "RGB":
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels (emoji, clip art) go on white, as they are shown; a plain convert would expose
+        # whatever colour the transparent pixels happen to store (often black).
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    elif img.mode != "RGB":
         img = img.convert("RGB")
     if max(img.size) > MAX_IMAGE_SIDE:
         img = img.copy()
