@@ -1,0 +1,77 @@
+"""Benchmark tab: the loaded model's evaluation per pair, beside the paper's reported M-BEIR numbers."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from trace_core.metrics import headline_metric
+
+from .services import Services
+
+# Reported on M-BEIR's local pools (mean of 16 pairs), TRACE paper (arXiv 2603.02929), Table 1 and Sec. 4.
+PAPER_MBEIR = pd.DataFrame(
+    [
+        ("TRACE (Qwen2.5-VL-7B)", 58.8),
+        ("LamRA-Ret (Qwen2.5-VL-7B)", 56.6),
+        ("UniIR CLIP_SF", 50.6),
+        ("UniIR BLIP_FF", 46.8),
+        ("CLIP-L zero-shot", 32.5),
+    ],
+    columns=["model (reported on M-BEIR, not on this data)", "M-BEIR local, mean of 16 pairs"],
+)
+PAPER_ROUTING = (
+    "Reported routing in the paper: MSCOCO queries take the direct path 96% of the time; CIRR queries "
+    "reason 62% of the time. Reported speed (queries/s, one H20): MSCOCO direct 15.68, always-CoT 4.45, "
+    "TRACE 8.25."
+)
+
+
+def run_table(results: dict) -> pd.DataFrame:
+    """One row per pair of a results.json run (as written by trace_core.evaluate)."""
+    rows = []
+    for pair, m in sorted(results["pairs"].items()):
+        head = headline_metric(pair)
+        rows.append({
+            "pair": pair, "metric": head.replace("recall@", "R@"), "score": round(100 * m[head], 1),
+            "R@1": round(100 * m["recall@1"], 1), "R@5": round(100 * m["recall@5"], 1),
+            "R@10": round(100 * m["recall@10"], 1), "reason rate": round(m["reason_rate"], 2),
+            "mean CoT tokens": round(m["mean_cot_tokens"], 1), "queries/s": round(m["queries_per_s"], 2),
+            "n": m["n_queries"],
+        })
+    a = results["average"]
+    rows.append({"pair": "average", "metric": "headline", "score": round(100 * a["headline"], 1),
+                 "R@1": round(100 * a["recall@1"], 1), "R@5": round(100 * a["recall@5"], 1),
+                 "R@10": round(100 * a["recall@10"], 1), "reason rate": round(a["reason_rate"], 2),
+                 "mean CoT tokens": round(a["mean_cot_tokens"], 1), "queries/s": round(a["queries_per_s"], 2),
+                 "n": a["n_queries"]})
+    return pd.DataFrame(rows)
+
+
+def comparison_table(report: dict) -> pd.DataFrame:
+    """Headline score per pair for every run of a TRACE-mini report (auto, never, always, baselines)."""
+    runs = report["runs"]
+    pairs = sorted(next(iter(runs.values()))["pairs"])
+    data = {name: [round(100 * r["pairs"][p][headline_metric(p)], 1) for p in pairs]
+            + [round(100 * r["average"]["headline"], 1)] for name, r in runs.items()}
+    return pd.DataFrame({"pair": [*pairs, "average"], **data})
+
+
+def build_benchmark_tab(services: Services) -> None:
+    fp = services.fingerprint
+    gr.Markdown(f"### Loaded model: `{fp['model_id']}` ({fp['style']} style, dim {fp['dim']})")
+    report = services.benchmark
+    if report is None:
+        gr.Markdown("No evaluation of this model is loaded. Run `python -m trace_core.evaluate ...` and start the "
+                    "app with `--benchmark OUT/results.json`.")
+    elif "runs" in report:
+        gr.Markdown("Headline metric per pair on the held-out test split (%), for each mode and baseline:")
+        gr.Dataframe(comparison_table(report), interactive=False)
+        first = next(iter(report["runs"].values()))
+        gr.Markdown("Full metrics of the default (auto) run:")
+        gr.Dataframe(run_table(first), interactive=False)
+    else:
+        gr.Dataframe(run_table(report), interactive=False)
+    gr.Markdown("### Reference numbers, as reported on M-BEIR (a different benchmark from the demo data)")
+    gr.Dataframe(PAPER_MBEIR, interactive=False)
+    gr.Markdown(PAPER_ROUTING)

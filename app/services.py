@@ -1,0 +1,127 @@
+"""What the app loads once per process and every event reuses: the model, the tasks and their indexes.
+
+A *task* is one (dataset, task) pair of an M-BEIR-format folder: its instruction, its local candidate pool
+and that pool's index (built on first start, then loaded from the cache in seconds), and its benchmark
+queries (for the examples and for marking gold candidates). Nothing here is stored in `gr.State`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trace_core.embed_pool import pool_index
+from trace_core.encoder import TraceEncoder
+from trace_core.index import CandidateIndex
+from trace_core.loading import load_model
+from trace_core.mbeir import (
+    MBEIRCandidate,
+    MBEIRQuery,
+    discover_pairs,
+    load_default_instructions,
+    load_pair,
+    read_instructions,
+    resolve_image,
+)
+
+log = logging.getLogger(__name__)
+
+MODALITY_WORDS = {"text": "text", "image": "image", "image,text": "image + text"}
+
+
+@dataclass
+class Task:
+    name: str  # pair name, e.g. "emoji_task7"
+    dataset: str  # dataset title from the instruction table, e.g. "Emoji"
+    query_modality: str  # "text" | "image" | "image,text"
+    cand_modality: str  # modality of the pool's candidates (the most common one)
+    instructions: tuple[str, ...]  # the M-BEIR instructions of this task
+    pool: list[MBEIRCandidate]  # the local candidate pool
+    index: CandidateIndex  # its index (exact inner product for these sizes)
+    queries: list[MBEIRQuery] = field(default_factory=list)  # benchmark queries (test split)
+    positives: dict[str, set[str]] = field(default_factory=dict)  # qid -> gold dids
+    labels: dict[str, str] = field(default_factory=dict)  # qid -> labelled route ("direct" / "reason")
+
+    @property
+    def label(self) -> str:
+        q, c = MODALITY_WORDS[self.query_modality], MODALITY_WORDS[self.cand_modality]
+        return f"{self.dataset}: {q} → {c}  ({self.name})"
+
+    @property
+    def takes_image(self) -> bool:
+        return "image" in self.query_modality
+
+    @property
+    def takes_text(self) -> bool:
+        return "text" in self.query_modality
+
+    def candidate(self, did: str) -> MBEIRCandidate:
+        return self._by_id[did]
+
+    def __post_init__(self) -> None:
+        self._by_id = {c.did: c for c in self.pool}
+
+
+@dataclass
+class Services:
+    encoder: TraceEncoder  # the loaded model (TRACE-mini by default)
+    root: Path  # the M-BEIR-format data folder
+    tasks: dict[str, Task]  # by pair name
+    benchmark: dict | None = None  # results.json of the loaded model's evaluation, if any
+    model_lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time on CPU
+
+    @property
+    def fingerprint(self) -> dict:
+        return self.encoder.fingerprint
+
+    def image_path(self, rel: str | None) -> str | None:
+        return str(resolve_image(self.root, rel)) if rel else None
+
+    @classmethod
+    def load(cls, model: str, data: str | Path, split: str = "test", cache_dir: str = ".cache/index",
+             benchmark: str | Path | None = None, encoder: TraceEncoder | None = None) -> Services:
+        root = Path(data)
+        encoder = encoder or load_model(model)
+        table = root / "instructions" / "query_instructions.tsv"
+        instructions = read_instructions(table) if table.is_file() else load_default_instructions()
+        tasks: dict[str, Task] = {}
+        pairs = discover_pairs(root, split)
+        for n, pair in enumerate(pairs, start=1):
+            log.info("[%d/%d] preparing %s", n, len(pairs), pair.name)
+            queries, pool, positives = load_pair(pair)
+            modalities = [c.modality for c in pool]
+            cand_modality = max(set(modalities), key=modalities.count)
+            query_modality = queries[0].modality if queries else "text"
+            dataset_id = int(pool[0].did.split(":")[0])
+            row = next((r for r in instructions.rows() if (r.query_modality, r.cand_modality, r.dataset_id)
+                        == (query_modality, cand_modality, dataset_id)), None)
+            index = pool_index(encoder, pool, root, cache_dir, pair.pool_file.stem)
+            tasks[pair.name] = Task(
+                name=pair.name,
+                dataset=row.dataset if row else pair.dataset,
+                query_modality=query_modality,
+                cand_modality=cand_modality,
+                instructions=tuple(row.prompts) if row else ("",),
+                pool=pool,
+                index=index,
+                queries=queries,
+                positives=positives,
+                labels=_route_labels(pair.query_file),
+            )
+        results = None
+        if benchmark is not None and Path(benchmark).is_file():
+            results = json.loads(Path(benchmark).read_text())
+        return cls(encoder, root, tasks, results)
+
+
+def _route_labels(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            if "route" in obj:
+                out[obj["qid"]] = obj["route"]
+    return out

@@ -1,0 +1,33 @@
+"""The app factory: one Blocks, one tab per question a user asks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from .benchmark_tab import build_benchmark_tab
+from .search_tab import build_search_tab
+from .services import Services
+
+CSS_FILE = Path(__file__).resolve().parents[1] / "assets" / "app.css"
+
+
+def build_app(services: Services) -> gr.Blocks:
+    fp = services.fingerprint
+    with gr.Blocks(title="TRACE: reason, then embed") as demo:
+        gr.Markdown(
+            "# TRACE: a retriever that thinks before it embeds\n"
+            f"Model: `{Path(fp['model_id']).name}`. For each query the model either emits `<|emb|>` at once "
+            "(direct route) or first writes a chain of thought; the embedding is the hidden state just before "
+            "`<|emb|>`. Candidates never reason."
+        )
+        with gr.Tab("Search"):
+            build_search_tab(services)
+        with gr.Tab("Benchmark"):
+            build_benchmark_tab(services)
+    return demo
+
+
+def css() -> str | None:
+    return CSS_FILE.read_text() if CSS_FILE.is_file() else None
