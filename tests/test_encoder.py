@@ -249,3 +249,12 @@ def test_emb_token_pooling_feeds_the_token(tiny_qwen_dir):
     c = Candidate(text="a blue car", did="1")
     hidden, _ = _full_forward(enc, c, (emb,))
     np.testing.assert_allclose(enc.encode_candidates([c])[0], _unit(hidden), atol=1e-5)
+
+
+def test_emb_margin_decides_the_route_for_any_bias(encoder):
+    queries = _queries()
+    margins = np.array([r.emb_margin for r in encoder.encode_queries(queries, reasoning="never")])
+    np.testing.assert_allclose(margins, _margins(encoder, queries), rtol=1e-4, atol=1e-4)
+    for bias in np.linspace(margins.min() - 0.1, margins.max() + 0.1, 5):
+        routes = [r.route for r in encoder.encode_queries(queries, routing_bias=float(-bias))]
+        assert routes == ["direct" if m - bias > 0 else "reason" for m in margins]

@@ -241,7 +241,8 @@ class BridgeEncoder:
             latency = time.perf_counter() - t0
             for q, e in zip(chunk, emb, strict=True):
                 results.append(QueryResult(
-                    qid=q.qid, route="direct", p_emb=1.0, cot="", cot_tokens=0, cot_token_ids=(),
+                    qid=q.qid, route="direct", p_emb=1.0,
+                emb_margin=float("inf"), cot="", cot_tokens=0, cot_token_ids=(),
                     stop_reason="direct", embedding=e, direct_embedding=e, latency_s=latency,
                     reasoning=reasoning, routing_bias=float(routing_bias),
                 ))

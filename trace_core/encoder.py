@@ -151,6 +151,9 @@ class TraceEncoder:
         first[:, list(bb.stop_token_ids)] = -torch.inf
         if reasoning == "always":
             first[:, emb] = -torch.inf
+        others = logits0.clone()
+        others[:, [emb, *bb.stop_token_ids]] = -torch.inf
+        margin = logits0[:, emb] - others.max(-1).values  # [B]
         direct = first.argmax(-1) == emb  # [B]
         direct_emb = _normalise(out.hidden)  # [B, D] the direct route's embedding of every query
         if reasoning == "never" or not self.style.can_reason:
@@ -163,6 +166,7 @@ class TraceEncoder:
                 qid=queries[i].qid,
                 route="direct" if bool(direct[i]) else "reason",
                 p_emb=float(p_emb[i]),
+                emb_margin=float(margin[i]),
                 cot=bb.decode(toks) if toks else "",
                 cot_tokens=len(toks),
                 cot_token_ids=tuple(toks),

@@ -153,6 +153,7 @@ def evaluate_pair(
             "positives": sorted(positives[q.qid]),
             "route": r.route,
             "p_emb": r.p_emb,
+            "emb_margin": r.emb_margin,
             "cot": r.cot,
             "cot_tokens": r.cot_tokens,
             "stop_reason": r.stop_reason,

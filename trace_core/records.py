@@ -106,6 +106,8 @@ class QueryResult:
     qid: str  # the query's id
     route: Route  # "direct": embedded at the first step; "reason": wrote a chain of thought first
     p_emb: float  # probability of <|emb|> at the first decoding step (before any routing bias)
+    emb_margin: float  # first-step logit of <|emb|> minus the best other (non-stop) logit: the route is
+    # direct exactly when emb_margin + routing_bias > 0, so a bias sweep can be replayed from one run
     cot: str  # the chain of thought ("" on the direct route)
     cot_tokens: int  # number of generated CoT tokens
     cot_token_ids: tuple[int, ...]  # the generated CoT token ids (what the pre-token hidden state saw)
