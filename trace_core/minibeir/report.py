@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,13 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model not in encoders:
             encoders = {model: load_model(model)}  # keep one model in memory at a time
         run_dir = work / name.split(":")[0].replace(" ", "-").replace("λ_gen-=-0", "nogen")
-        cfg = EvalConfig(reasoning=mode, cache_dir=args.cache_dir, run_id=name.split()[0])
+        # The default run also encodes every query with reasoning forced on (gold rank with and without CoT):
+        # the analysis tabs read that table, shipped beside the model as queries.parquet.
+        cfg = EvalConfig(reasoning=mode, cache_dir=args.cache_dir, run_id=name.split()[0],
+                         counterfactual=name == "TRACE-mini auto")
         runs[name] = evaluate(encoders[model], data, args.split, "all", run_dir, cfg)
         routing[name] = routing_agreement(pd.read_parquet(run_dir / "queries.parquet"), labels)
 
     results = {"split": args.split, "data": str(data), "runs": runs, "routing_vs_labels": routing}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    shutil.copyfile(work / "TRACE-mini-auto" / "queries.parquet", out / "queries.parquet")
     md = ["# TRACE-mini results on the held-out test split of assets/minibeir", "",
           f"Produced by `python -m trace_core.minibeir.report {' '.join(argv or sys.argv[1:])}`.", "",
           "Headline metric per pair (R@5; R@10 for fashion datasets), in %:", "", _table(runs), "",

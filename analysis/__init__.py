@@ -1,0 +1,1 @@
+"""Pure functions over evaluation tables (pandas) and plotly figure builders. No gradio here."""
