@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--benchmark", default=None,
                         help="results.json of this model's evaluation (default: the one beside the model)")
+    parser.add_argument("--analysis", default=None,
+                        help="queries.parquet of a --counterfactual evaluation (default: the one beside the model)")
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "index"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
@@ -34,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from trace_core.loading import ModelNotFoundError
 
     benchmark = args.benchmark or Path(args.model) / "results.json"
+    analysis = args.analysis or Path(args.model) / "queries.parquet"
     try:
-        services = Services.load(args.model, args.mbeir_dir, args.split, args.cache_dir, benchmark)
+        services = Services.load(args.model, args.mbeir_dir, args.split, args.cache_dir, benchmark,
+                                 analysis=analysis)
     except (ValueError, FileNotFoundError, ModelNotFoundError, CorruptIndexError, IndexMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

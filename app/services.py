@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from trace_core.embed_pool import pool_index
 from trace_core.encoder import TraceEncoder
 from trace_core.index import CandidateIndex
@@ -71,6 +73,7 @@ class Services:
     root: Path  # the M-BEIR-format data folder
     tasks: dict[str, Task]  # by pair name
     benchmark: dict | None = None  # results.json of the loaded model's evaluation, if any
+    queries: pd.DataFrame | None = None  # per-query table of that evaluation (queries.parquet), if any
     model_lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time on CPU
 
     @property
@@ -82,7 +85,8 @@ class Services:
 
     @classmethod
     def load(cls, model: str, data: str | Path, split: str = "test", cache_dir: str = ".cache/index",
-             benchmark: str | Path | None = None, encoder: TraceEncoder | None = None) -> Services:
+             benchmark: str | Path | None = None, encoder: TraceEncoder | None = None,
+             analysis: str | Path | None = None) -> Services:
         root = Path(data)
         encoder = encoder or load_model(model)
         table = root / "instructions" / "query_instructions.tsv"
@@ -114,7 +118,11 @@ class Services:
         results = None
         if benchmark is not None and Path(benchmark).is_file():
             results = json.loads(Path(benchmark).read_text())
-        return cls(encoder, root, tasks, results)
+        queries = None
+        if analysis is not None and Path(analysis).is_file():
+            queries = pd.read_parquet(analysis)
+            queries = queries[queries["pair"].isin(tasks)].reset_index(drop=True)
+        return cls(encoder, root, tasks, results, queries)
 
 
 def _route_labels(path: Path) -> dict[str, str]:

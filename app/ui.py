@@ -7,6 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from .benchmark_tab import build_benchmark_tab
+from .difficulty_tab import build_difficulty_tab
 from .search_tab import build_search_tab
 from .services import Services
 
@@ -24,6 +25,8 @@ def build_app(services: Services) -> gr.Blocks:
         )
         with gr.Tab("Search"):
             build_search_tab(services)
+        with gr.Tab("Reasoning vs difficulty"):
+            build_difficulty_tab(services)
         with gr.Tab("Benchmark"):
             build_benchmark_tab(services)
     return demo

@@ -98,3 +98,15 @@ def test_launched_app_serves_the_search_api(services):
             client.predict("", None, "mscoco_task0", "auto", 4, api_name="/search")
     finally:
         demo.close()
+
+
+def test_difficulty_tab_lists_the_queries_of_a_band(tmp_path):
+    from app.difficulty_tab import band_queries
+    from tests.test_analysis import _table
+
+    t = _table()
+    t["qid"], t["query_txt"], t["cot"] = [f"q{i}" for i in range(5)], "x", ""
+    hard = band_queries(t, "rank 21-100")
+    assert list(hard["qid"]) == ["q1", "q3"]
+    assert list(band_queries(t, "all", "skipped: helped")["qid"]) == ["q3"]
+    assert "outcome" in hard.columns
