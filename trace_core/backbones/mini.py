@@ -219,6 +219,7 @@ class TraceMini(nn.Module):
             save_file(state, tmp / WEIGHTS_FILE)
             (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             (tmp / "trace_style.json").write_text(style.to_json() + "\n")
+            _make_readable(tmp)
             old = directory.with_name(f".{directory.name}.old")
             if directory.exists():
                 shutil.rmtree(old, ignore_errors=True)
@@ -389,6 +390,13 @@ class TraceMini(nn.Module):
             mask[i, length - s.shape[0] :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
         return embeds, mask, positions
+
+
+def _make_readable(directory: Path) -> None:
+    """mkdtemp makes a 0700 folder; a shipped checkpoint is a normal, world-readable one."""
+    directory.chmod(0o755)
+    for path in directory.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _to_array(img: Image.Image):
