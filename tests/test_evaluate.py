@@ -145,3 +145,16 @@ def test_large_pools_get_an_approximate_index_with_its_recall_logged(fixture, ti
     # gold ranks stay exact even when the search is approximate
     table = pd.read_parquet(tmp_path / "o" / "queries.parquet")
     assert table["gold_rank"].between(1, 12).all()
+
+
+def test_counterfactual_pass_is_reported_as_an_always_reason_run(fixture, evaluated):
+    out, _, _ = evaluated
+    results = json.loads((out / "results.json").read_text())
+    table = pd.read_parquet(out / "queries.parquet")
+    always = results["counterfactual_always"]
+    for name, m in always["pairs"].items():
+        part = table[table["pair"] == name]
+        assert m["recall@5"] == pytest.approx((part["gold_rank_always"] <= 5).mean())
+        assert m["reason_rate"] == 1.0 and m["mean_cot_tokens"] == pytest.approx(part["cot_tokens_always"].mean())
+    assert "always" not in results["pairs"]["cirr_task7"]
+    assert always["average"]["n_queries"] == results["average"]["n_queries"]
