@@ -18,7 +18,7 @@ from PIL import Image
 
 from trace_core.records import CotDelta, InputError, Query, QueryResult, load_image
 
-from .services import Services, Task
+from .services import Services, Task, gpu
 
 MODES = ("auto", "always", "never")
 
@@ -99,6 +99,7 @@ def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str |
     return SearchResult(result, hits, [(d, int(r), float(s)) for d, r, s in gold], task.name)
 
 
+@gpu
 def stream_search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
                   qid: str | None = None) -> Iterator[CotDelta | SearchResult]:
     """Yield CoT deltas while the model reasons, then the ranked result."""

@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 
 MODALITY_WORDS = {"text": "text", "image": "image", "image,text": "image + text"}
 
+try:  # On a Hugging Face ZeroGPU Space, model calls must run inside `spaces.GPU`; elsewhere it is a no-op.
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - depends on the host
+
+    def gpu(fn):
+        return fn
+
 
 @dataclass
 class Task:
