@@ -43,3 +43,14 @@ def test_importing_trace_core_does_not_load_gradio_or_plotly():
     code = "import sys, trace_core, trace_core.evaluate; print('gradio' in sys.modules, 'plotly' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_pool_cache_does_not_depend_on_how_the_model_path_is_spelled(tiny_qwen_dir, tmp_path, monkeypatch):
+    from trace_core.embed_pool import expected_manifest
+
+    fx = build_fixture(tmp_path / "mbeir")
+    pool = read_pool(fx["root"] / "cand_pool" / "local" / "mbeir_cirr_task7_cand_pool.jsonl")
+    monkeypatch.chdir(tiny_qwen_dir.parent)
+    relative = trace_core.load_model(tiny_qwen_dir.name)
+    absolute = trace_core.load_model(tiny_qwen_dir.resolve())
+    assert expected_manifest(relative, pool) == expected_manifest(absolute, pool)

@@ -448,7 +448,7 @@ class MiniBackbone(Backbone):
         style = PromptStyle.from_dict(json.loads(style_file.read_text())) if style_file.is_file() else TRACE_STYLE
         from .qwen2vl import weights_fingerprint
 
-        return cls(model, style, str(path), weights_fingerprint(path))
+        return cls(model, style, path.resolve().name, weights_fingerprint(path))  # name, not path: see qwen2vl
 
     # ---- the Backbone contract
     def _prefill_inputs(self, prompts: list[RenderedPrompt]):

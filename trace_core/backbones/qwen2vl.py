@@ -112,7 +112,10 @@ class QwenVLBackbone(Backbone):
             if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
                 model.resize_token_embeddings(len(tokenizer))
         revision = weights_fingerprint(local) if local.is_dir() else getattr(config, "_commit_hash", "") or ""
-        return cls(model, tokenizer, image_processor, style, str(name_or_path), revision)
+        # The model's name, not the path it was reached by: the revision (a weights fingerprint) tells
+        # checkpoints apart, and caches keyed on the name stay valid however the path is spelled.
+        model_id = local.resolve().name if local.is_dir() else str(name_or_path)
+        return cls(model, tokenizer, image_processor, style, model_id, revision)
 
     # ---------------------------------------------------------------- inputs
     def _expand_images(self, prompt: RenderedPrompt, grids: list[torch.Tensor]) -> str:
