@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .encoder import progress_bar
 from .records import Candidate, InputError, Query, QueryResult, ReasoningMode, load_image
 
 MODEL_ID = "minilm-bridge"
@@ -233,7 +234,7 @@ class BridgeEncoder:
             q.validate()
         bs = batch_size or self.config.query_batch_size
         results: list[QueryResult] = []
-        bar = _progress(len(queries), "queries", progress)
+        bar = progress_bar(len(queries), "queries", progress)
         for start in range(0, len(queries), bs):
             chunk = list(queries[start : start + bs])
             t0 = time.perf_counter()
@@ -268,7 +269,7 @@ class BridgeEncoder:
         bs = batch_size or self.config.candidate_batch_size
         n = len(candidates)
         out = np.zeros((n, DIM), dtype=np.float32)
-        bar = _progress(n, "candidates", progress)
+        bar = progress_bar(n, "candidates", progress)
         for start in range(0, n, bs):
             chunk = candidates[start : start + bs]
             out[start : start + len(chunk)] = self._embed(
@@ -279,11 +280,3 @@ class BridgeEncoder:
         if bar is not None:
             bar.close()
         return out
-
-
-def _progress(total: int, unit: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, desc=f"encoding {unit}")

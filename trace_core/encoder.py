@@ -98,7 +98,7 @@ class TraceEncoder:
         """Encode queries; each result carries its route, CoT, embedding [D] and latency."""
         bs = batch_size or self.config.query_batch_size
         results: list[QueryResult] = []
-        bar = _progress(len(queries), "queries", progress)
+        bar = progress_bar(len(queries), "queries", progress)
         for start in range(0, len(queries), bs):
             chunk = list(queries[start : start + bs])
             done: dict[int, QueryResult] = {}
@@ -242,7 +242,7 @@ class TraceEncoder:
         out = np.zeros((n, self.backbone.hidden_size), dtype=np.float32)
         # Sort by size so a batch pads little; results go back to their original rows.
         order = sorted(range(n), key=lambda i: (candidates[i].image is not None, len(candidates[i].text or "")))
-        bar = _progress(n, "candidates", progress)
+        bar = progress_bar(n, "candidates", progress)
         for start in range(0, n, bs):
             idx = order[start : start + bs]
             prompts = [self.render_candidate(candidates[i]) for i in idx]
@@ -258,7 +258,7 @@ class TraceEncoder:
         return out
 
 
-def _progress(total: int, unit: str, enabled: bool):
+def progress_bar(total: int, unit: str, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm

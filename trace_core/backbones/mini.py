@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
 from .base import Backbone, RenderedPrompt, StepOutput
 
@@ -104,15 +104,9 @@ def smollm2_dir() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -208,9 +202,7 @@ class TraceMini(nn.Module):
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        with atomic_directory(directory) as tmp:
             config = self.config
             if self.lm_dir is not None:  # a base LM that no package provides travels with the checkpoint
                 shutil.copytree(self.lm_dir, tmp / "lm")
@@ -220,15 +212,6 @@ class TraceMini(nn.Module):
             (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             (tmp / "trace_style.json").write_text(style.to_json() + "\n")
             _make_readable(tmp)
-            old = directory.with_name(f".{directory.name}.old")
-            if directory.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     def precompute_features(self, paths: list[str], batch_size: int = 64, progress: bool = True) -> None:
@@ -393,8 +376,7 @@ class TraceMini(nn.Module):
 
 
 def _make_readable(directory: Path) -> None:
-    """mkdtemp makes a 0700 folder; a shipped checkpoint is a normal, world-readable one."""
-    directory.chmod(0o755)
+    """A shipped checkpoint's files are world-readable (some writers create 0600 files)."""
     for path in directory.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
 

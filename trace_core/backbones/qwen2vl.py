@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_directory
 from ..prompts import PromptStyle, style_for_vocab
 from .base import Backbone, RenderedPrompt, StepOutput
 
@@ -269,14 +270,10 @@ class QwenVLTrainable(torch.nn.Module):
     def export(self, directory, style: PromptStyle | None = None) -> Path:
         """Merge LoRA into a copy of the weights and save a checkpoint that `load_model` reads."""
         import copy
-        import os
-        import shutil
-        import tempfile
 
         from peft.tuners.lora import LoraLayer
 
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         model = copy.deepcopy(self.model)
         for module in model.modules():
             if isinstance(module, LoraLayer):
@@ -286,16 +283,9 @@ class QwenVLTrainable(torch.nn.Module):
             if isinstance(module, LoraLayer):
                 parent = model.get_submodule(name.rsplit(".", 1)[0])
                 setattr(parent, name.rsplit(".", 1)[1], module.get_base_layer())
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        with atomic_directory(directory) as tmp:
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             self.backbone.image_processor.save_pretrained(tmp)
             (tmp / STYLE_FILE).write_text((style or self.style).to_json() + "\n")
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
