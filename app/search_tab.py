@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gradio as gr
+from gradio import FileData
 from PIL import Image
 
 from trace_core.records import CotDelta, InputError, Query, QueryResult, load_image
@@ -270,9 +271,14 @@ def build_search_tab(services: Services) -> None:
 
     gallery.select(search_with_hit, last_hits, [text, image, qid])
 
-    def api_search(query_text: str, query_image: str | None, task_name: str, reasoning: str = "auto",
+    def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
                    top_k: float = 10) -> dict:
         """Search: route, chain of thought and ranked hits for a text and/or image query."""
+        # gradio_client sends a file as FileData (handle_file); a plain path string is accepted too.
+        if isinstance(query_image, dict):
+            query_image = query_image.get("path")
+        elif query_image is not None and not isinstance(query_image, str):
+            query_image = getattr(query_image, "path", None)
         try:
             img = load_image(query_image) if query_image else None
             res = search(services, task_name, query_text, img, None, reasoning, int(top_k))

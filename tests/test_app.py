@@ -81,7 +81,7 @@ def test_compare_reports_gold_ranks_overlap_and_changes(services):
 
 
 def test_launched_app_serves_the_search_api(services):
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     from app.ui import build_app
 
@@ -94,6 +94,11 @@ def test_launched_app_serves_the_search_api(services):
         out = client.predict("a dog on a sofa", None, "mscoco_task0", "never", 4, api_name="/search")
         data = out if isinstance(out, dict) else json.loads(out)
         assert data["route"] == "direct" and len(data["hits"]) == 4 and data["task"] == "mscoco_task0"
+        img = services.tasks["cirr_task7"].queries[0]
+        out = client.predict(img.text, handle_file(services.image_path(img.image_path)), "cirr_task7", "never", 3,
+                             api_name="/search")
+        data = out if isinstance(out, dict) else json.loads(out)
+        assert data["task"] == "cirr_task7" and len(data["hits"]) == 3
         with pytest.raises(Exception, match="empty"):
             client.predict("", None, "mscoco_task0", "auto", 4, api_name="/search")
     finally:
