@@ -64,3 +64,22 @@ class Backbone(ABC):
 
     def token_text(self, token_id: int) -> str:
         return self.decode([token_id]) or f"<{token_id}>"
+
+
+def pool_and_score(hidden: torch.Tensor, targets: list[list[int]] | None, head) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The training objective's view of a teacher-forced, left-padded batch.
+
+    hidden [B, S, H]: last-layer states of prompt + all targets but the last. The last position predicts the
+    last target (<|emb|>), so it is the pooled pre-token [B, H]. Row i's targets are predicted by its last
+    len(targets[i]) positions; `head` maps those states to logits, and the summed CE and the target count are
+    returned (0 and 0 without targets, for candidates).
+    """
+    pooled = hidden[:, -1]
+    if targets is None:
+        return pooled, pooled.new_zeros(()), 0
+    length = hidden.shape[1]
+    rows = torch.cat([torch.full((len(t),), i) for i, t in enumerate(targets)])
+    cols = torch.cat([torch.arange(length - len(t), length) for t in targets])
+    labels = torch.tensor([x for t in targets for x in t], device=hidden.device)
+    logits = head(hidden[rows, cols]).float()  # [T, V]: only where a target is predicted
+    return pooled, torch.nn.functional.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
-from .base import Backbone, RenderedPrompt, StepOutput
+from .base import Backbone, RenderedPrompt, StepOutput, pool_and_score
 
 log = logging.getLogger(__name__)
 
@@ -351,16 +351,7 @@ class TraceMini(nn.Module):
         seqs = [self.sequence(p, f, s)[0] for p, f, s in zip(prompts, features, suffixes, strict=True)]
         embeds, mask, positions = self.batch(seqs)
         hidden = self.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        pooled = hidden[:, -1]  # [B, H]
-        if targets is None:
-            return pooled, pooled.new_zeros(()), 0
-        length = hidden.shape[1]
-        rows = torch.cat([torch.full((len(t),), i) for i, t in enumerate(targets)])
-        cols = torch.cat([torch.arange(length - len(t), length) for t in targets])
-        labels = torch.tensor([x for t in targets for x in t], device=hidden.device)
-        logits = self.logits(hidden[rows, cols])  # [T, V + 1], only where a target is predicted
-        ce = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        return pooled, ce, int(labels.numel())
+        return pool_and_score(hidden, targets, self.logits)
 
     def batch(self, seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-pad sequences [S_i, H] -> embeds [B, S, H], attention mask [B, S], positions [B, S]."""

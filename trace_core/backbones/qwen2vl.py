@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import atomic_directory
 from ..prompts import PromptStyle, style_for_vocab
-from .base import Backbone, RenderedPrompt, StepOutput
+from .base import Backbone, RenderedPrompt, StepOutput, pool_and_score
 
 log = logging.getLogger(__name__)
 
@@ -256,16 +256,7 @@ class QwenVLTrainable(torch.nn.Module):
                                               image_grid_thw=inputs.get("image_grid_thw"),
                                               attention_mask=inputs["attention_mask"])
         hidden = core(**inputs, position_ids=position_ids, use_cache=False).last_hidden_state
-        pooled = hidden[:, -1]
-        if targets is None:
-            return pooled, pooled.new_zeros(()), 0
-        length = hidden.shape[1]
-        rows = torch.cat([torch.full((len(t),), i) for i, t in enumerate(targets)])
-        cols = torch.cat([torch.arange(length - len(t), length) for t in targets])
-        labels = torch.tensor([x for t in targets for x in t], device=hidden.device)
-        logits = self.model.lm_head(hidden[rows, cols]).float()
-        ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
-        return pooled, ce, int(labels.numel())
+        return pool_and_score(hidden, targets, self.model.lm_head)
 
     def export(self, directory, style: PromptStyle | None = None) -> Path:
         """Merge LoRA into a copy of the weights and save a checkpoint that `load_model` reads."""
