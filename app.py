@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analysis", default=None,
                         help="queries.parquet of a --counterfactual evaluation (default: the one beside the model)")
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "index"))
+    parser.add_argument("--no-map", action="store_true",
+                        help="skip the embedding map (UMAP over the pools; built once, then cached)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     analysis = args.analysis or Path(args.model) / "queries.parquet"
     try:
         services = Services.load(args.model, args.mbeir_dir, args.split, args.cache_dir, benchmark,
-                                 analysis=analysis)
+                                 analysis=analysis, embedding_map=not args.no_map)
     except (ValueError, FileNotFoundError, ModelNotFoundError, CorruptIndexError, IndexMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,8 +13,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from analysis.embedding_map import EmbeddingMap, PoolPoints, QueryPoints, load_or_build
 from trace_core.embed_pool import pool_index
 from trace_core.encoder import TraceEncoder
 from trace_core.index import CandidateIndex
@@ -72,6 +74,9 @@ class Task:
     def candidate(self, did: str) -> MBEIRCandidate:
         return self._by_id[did]
 
+    def has_candidate(self, did: str) -> bool:
+        return did in self._by_id
+
     def __post_init__(self) -> None:
         self._by_id = {c.did: c for c in self.pool}
 
@@ -83,6 +88,8 @@ class Services:
     tasks: dict[str, Task]  # by pair name
     benchmark: dict | None = None  # results.json of the loaded model's evaluation, if any
     queries: pd.DataFrame | None = None  # per-query table of that evaluation (queries.parquet), if any
+    map: EmbeddingMap | None = None  # UMAP of the pools and the benchmark queries (built once, cached)
+    notes: list[str] = field(default_factory=list)  # what could not be loaded, in words for the UI
     model_lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time on CPU
 
     @property
@@ -95,7 +102,7 @@ class Services:
     @classmethod
     def load(cls, model: str, data: str | Path, split: str = "test", cache_dir: str = ".cache/index",
              benchmark: str | Path | None = None, encoder: TraceEncoder | None = None,
-             analysis: str | Path | None = None) -> Services:
+             analysis: str | Path | None = None, embedding_map: bool = True) -> Services:
         root = Path(data)
         encoder = encoder or load_model(model)
         table = root / "instructions" / "query_instructions.tsv"
@@ -131,7 +138,55 @@ class Services:
         if analysis is not None and Path(analysis).is_file():
             queries = pd.read_parquet(analysis)
             queries = queries[queries["pair"].isin(tasks)].reset_index(drop=True)
-        return cls(encoder, root, tasks, results, queries)
+        services = cls(encoder, root, tasks, results, queries)
+        if embedding_map:
+            query_points = []
+            if queries is not None:
+                query_points = _query_points(tasks, queries, Path(analysis).parent / "embeddings", services.notes)
+            gold = {d for t in tasks.values() for ds in t.positives.values() for d in ds}
+            services.map = load_or_build(_pool_points(tasks), query_points, encoder.fingerprint, cache_dir,
+                                         keep=gold)
+        return services
+
+
+def _pool_points(tasks: dict[str, Task]) -> list[PoolPoints]:
+    return [PoolPoints(t.name, t.index.ids, t.index.embeddings, [c.modality for c in t.pool],
+                       [c.text or c.did for c in t.pool], [c.image_path for c in t.pool]) for t in tasks.values()]
+
+
+def _query_points(tasks: dict[str, Task], table: pd.DataFrame, folder: Path, notes: list[str],
+                  k: int = 5) -> list[QueryPoints]:
+    """The benchmark queries' direct and final embeddings (OUT/embeddings/<pair>.npz of the evaluation run).
+
+    They are checked against the loaded model and pools before use: the gold rank recomputed from the stored
+    final embeddings must equal the table's `gold_rank`. Embeddings of another model or pool would
+    put the queries in the wrong places, so they are left off the map with a note instead.
+    """
+    out = []
+    for pair, rows in table.groupby("pair", sort=True):
+        path = folder / f"{pair}.npz"
+        if not path.is_file():
+            notes.append(f"{pair}: no query embeddings at {path}; its queries are not on the map.")
+            continue
+        with np.load(path) as npz:
+            qids, direct, final = [str(q) for q in npz["qid"]], npz["direct"], npz["final"]
+        pos = {q: i for i, q in enumerate(qids)}
+        rows = rows[rows["qid"].isin(pos)]
+        take = [pos[q] for q in rows["qid"]]
+        index = tasks[pair].index
+        check = rows[rows["gold_did"].isin(index.ids) & rows["gold_rank"].notna()].head(20)
+        if len(check):
+            ranks, _ = index.ranks_of(final[[pos[q] for q in check["qid"]]], list(check["gold_did"]))
+            if not np.array_equal(ranks, check["gold_rank"].to_numpy(dtype=np.int64)):
+                notes.append(f"{pair}: the stored query embeddings do not match this model and pool "
+                             "(their gold ranks differ from the table); its queries are not on the map.")
+                continue
+        out.append(QueryPoints(
+            pair, list(rows["qid"]), direct[take], final[take], list(rows["query_modality"]), list(rows["route"]),
+            [t if isinstance(t, str) and t else "(image query)" for t in rows["query_txt"]],
+            [i if isinstance(i, str) and i else None for i in rows["query_img_path"]],
+            list(rows["gold_rank_direct"] <= k), list(rows["gold_rank"] <= k)))
+    return out
 
 
 def _route_labels(path: Path) -> dict[str, str]:

@@ -8,7 +8,10 @@ import gradio as gr
 
 from .benchmark_tab import build_benchmark_tab
 from .difficulty_tab import build_difficulty_tab
+from .errors_tab import build_errors_tab
+from .map_tab import build_map_tab
 from .search_tab import build_search_tab
+from .walkthrough_tab import build_walkthrough_tab
 from .services import Services
 
 CSS_FILE = Path(__file__).resolve().parents[1] / "assets" / "app.css"
@@ -27,6 +30,12 @@ def build_app(services: Services) -> gr.Blocks:
             build_search_tab(services)
         with gr.Tab("Reasoning vs difficulty"):
             build_difficulty_tab(services)
+        with gr.Tab("Embedding map"):
+            build_map_tab(services)
+        with gr.Tab("Error inspection"):
+            build_errors_tab(services)
+        with gr.Tab("Walkthrough"):
+            build_walkthrough_tab(services)
         with gr.Tab("Benchmark"):
             build_benchmark_tab(services)
     return demo

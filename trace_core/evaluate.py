@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_file
 from .embed_pool import pool_index, to_query
 from .encoder import REASONING_MODES, TraceEncoder
 from .index import CorruptIndexError, IndexConfig, IndexMismatchError
@@ -60,19 +59,6 @@ class EvalConfig:
     run_id: str = "trace"  # run id column of the run files
     cache_dir: str = ".cache/index"  # where pool indexes are cached
     approximate_above: int = IndexConfig.approximate_above  # pools larger than this get an HNSW index
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _instructions_for(root: Path) -> Instructions:
@@ -211,8 +197,8 @@ def evaluate(encoder: TraceEncoder, root: Path, split: str, pairs: str, out: Pat
         per_pair[pair.name] = metrics
         tables.append(table)
         run_file = out / "runs" / f"mbeir_{pair.name}_{split}_run.txt"
-        _write_atomic(run_file, lambda p, lines=run_lines: Path(p).write_text("\n".join(lines) + "\n"))
-        _write_atomic(out / "embeddings" / f"{pair.name}.npz", lambda p, e=embeddings: _save_npz(p, e))
+        atomic_file(run_file, lambda p, lines=run_lines: Path(p).write_text("\n".join(lines) + "\n"))
+        atomic_file(out / "embeddings" / f"{pair.name}.npz", lambda p, e=embeddings: _save_npz(p, e))
         head = headline_metric(pair.name)
         log.info("%s: %s %.4f, reason rate %.2f", pair.name, head, metrics[head], metrics["reason_rate"])
 
@@ -226,9 +212,9 @@ def evaluate(encoder: TraceEncoder, root: Path, split: str, pairs: str, out: Pat
     }
     if always:
         results["counterfactual_always"] = {"pairs": always, "average": _average(always)}
-    _write_atomic(out / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2) + "\n"))
+    atomic_file(out / "results.json", lambda p: Path(p).write_text(json.dumps(results, indent=2) + "\n"))
     table = pd.concat(tables, ignore_index=True)
-    _write_atomic(out / "queries.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_file(out / "queries.parquet", lambda p: table.to_parquet(p, index=False))
     return results
 
 

@@ -1,0 +1,177 @@
+"""The embedding map: points, UMAP cache, placement of new queries, and the tab's handlers."""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import pytest
+
+import analysis.embedding_map as em
+from analysis.embedding_map import EmbeddingMap, MapConfig, PoolPoints, QueryPoints, collect, load_or_build
+from app.map_tab import build_map_tab, pick, place_query
+from app.search_tab import UserError, search
+from app.services import Services
+from tests.app_fixture import build_services
+
+
+def _unit(rng, n, d=8):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _pools(rng):
+    a = _unit(rng, 6)
+    b = np.concatenate([a[:2], _unit(rng, 3)])  # two candidates shared with pool a, same vectors
+    return [PoolPoints("ds_task0", [f"1:{i}" for i in range(6)], a, ["image"] * 6, [f"a{i}" for i in range(6)],
+                       [None] * 6),
+            PoolPoints("ds_task3", ["1:0", "1:1", "1:7", "1:8", "1:9"], b, ["text"] * 5, list("vwxyz"), [None] * 5)]
+
+
+def _queries(rng):
+    d = _unit(rng, 3)
+    return [QueryPoints("ds_task0", ["1:q0", "1:q1", "1:q2"], d, _unit(rng, 3), ["text"] * 3,
+                        ["direct", "reason", "reason"], ["q0", "q1", "q2"], [None] * 3, [True, False, False],
+                        [True, True, False])]
+
+
+def test_points_dedupe_candidates_and_put_each_query_twice():
+    rng = np.random.default_rng(0)
+    table, matrix = collect(_pools(rng), _queries(rng))
+    cand = table[table["kind"] == "candidate"]
+    assert sorted(cand["id"]) == sorted({f"1:{i}" for i in range(6)} | {"1:7", "1:8", "1:9"})
+    assert (table["kind"] == "query (direct)").sum() == 3 and (table["kind"] == "query (final)").sum() == 3
+    assert matrix.shape == (len(table), 8) and list(table["point"]) == list(range(len(table)))
+    q1 = table[(table["id"] == "1:q1")].set_index("kind")
+    assert q1.loc["query (direct)", "hit"] == "miss" and q1.loc["query (final)", "hit"] == "hit"
+
+
+def test_large_pools_are_sampled_keeping_the_gold():
+    rng = np.random.default_rng(1)
+    pool = PoolPoints("big_task0", [f"9:{i}" for i in range(50)], _unit(rng, 50), ["image"] * 50, ["x"] * 50,
+                      [None] * 50)
+    keep = {"9:3", "9:41"}
+    table, _ = collect([pool], [], keep, MapConfig(max_candidates=10))
+    assert len(table) == 10 and keep <= set(table["id"])
+    again, _ = collect([pool], [], keep, MapConfig(max_candidates=10))
+    assert list(again["id"]) == list(table["id"])  # the sample is fixed
+
+
+def test_map_is_built_once_then_loaded_and_rebuilt_when_anything_changes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    pools, queries = _pools(rng), _queries(rng)
+    model = {"model_id": "m", "revision": "r"}
+    calls = []
+    real = em.fit_umap
+
+    def counting(matrix, config):
+        calls.append(len(matrix))
+        return real(matrix, config)
+
+    monkeypatch.setattr(em, "fit_umap", counting)
+    first = load_or_build(pools, queries, model, tmp_path)
+    assert calls == [len(first.points)] and np.isfinite(first.xy).all()
+    second = load_or_build(pools, queries, model, tmp_path)
+    assert len(calls) == 1 and np.array_equal(second.xy, first.xy)  # loaded from the cache
+    load_or_build(pools, queries, {"model_id": "m", "revision": "other"}, tmp_path)
+    assert len(calls) == 2  # another model: another map
+    saved = queries[0].final.copy()
+    queries[0].final[0] = -queries[0].final[0]
+    load_or_build(pools, queries, model, tmp_path)
+    assert len(calls) == 3  # other query embeddings: rebuilt
+    queries[0].final[:] = saved
+    path = tmp_path / f"embedding-map-{first.fingerprint}.parquet"
+    path.write_bytes(b"not parquet")
+    repaired = load_or_build(pools, queries, model, tmp_path)
+    assert len(calls) == 4 and repaired.fingerprint == first.fingerprint  # a corrupt cache file is rebuilt
+    assert not list(tmp_path.glob(".*.tmp"))  # nothing half-written is left behind
+
+
+def test_a_new_query_is_placed_at_the_weighted_mean_of_its_neighbours():
+    rng = np.random.default_rng(3)
+    table, _ = collect(_pools(rng), [])
+    table["x"], table["y"] = rng.normal(size=len(table)), rng.normal(size=len(table))
+    emap = EmbeddingMap(table, "fp")
+    dids, scores = ["1:2", "1:7", "1:4"], [0.9, 0.85, 0.5]
+    w = np.exp((np.array(scores) - 0.9) / 0.05)
+    rows = [table.index[table["id"] == d][0] for d in dids]
+    expected = (table.loc[rows, ["x", "y"]].to_numpy() * (w / w.sum())[:, None]).sum(0)
+    assert emap.place(dids, scores) == pytest.approx(tuple(expected))
+    assert emap.place(["1:7"], [0.3]) == pytest.approx((table.loc[rows[1], "x"], table.loc[rows[1], "y"]))
+    with pytest.raises(ValueError, match="none of the neighbours"):
+        emap.place(["nope"], [1.0])
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory) -> Services:
+    return build_services(tmp_path_factory.mktemp("map"), with_map=True)
+
+
+def test_services_map_holds_every_candidate_and_benchmark_query(services):
+    pts = services.map.points
+    cands = {d for t in services.tasks.values() for d in t.index.ids}
+    assert set(pts.loc[pts["kind"] == "candidate", "id"]) == cands
+    assert (pts["kind"] == "query (final)").sum() == len(services.queries) == (pts["kind"] == "query (direct)").sum()
+    assert services.notes == []
+
+
+def test_picking_a_reasoned_query_shows_its_path_neighbours_and_gold(services):
+    t = services.queries
+    q = t[t["route"] == "reason"].iloc[0]
+    emap = services.map
+    final = emap.query_point(q["pair"], q["qid"], "query (final)")
+    direct = emap.query_point(q["pair"], q["qid"], "query (direct)")
+    highlight, desc, _ = pick(services, {"picked": final})
+    assert highlight["focus"]["x"] == pytest.approx(emap.xy[final][0], abs=1e-3)
+    assert highlight["from"]["y"] == pytest.approx(emap.xy[direct][1], abs=1e-3)
+    assert [emap.points.iloc[n]["id"] for n in highlight["neighbours"]] == list(q["top_dids"])[:5]
+    assert {emap.points.iloc[n]["id"] for n in highlight["gold"]} == set(q["positives"])
+    assert q["qid"] in desc and "reason" in desc
+
+
+def test_picking_a_candidate_or_a_bad_point(services):
+    emap = services.map
+    n = emap.candidate_point(services.tasks["mscoco_task0"].index.ids[0])
+    highlight, desc, image = pick(services, {"picked": n})
+    assert "mscoco_task0" in desc and image and highlight["focus"]["x"] == pytest.approx(emap.xy[n][0], abs=1e-3)
+    _, desc, _ = pick(services, {"picked": 10_000})
+    assert "not on the map" in desc
+    assert pick(services, None)[1].startswith("Click a point")
+
+
+def test_a_live_query_lands_among_its_hits_and_a_reasoned_one_shows_its_path(services):
+    highlight, desc = place_query(services, "webqa_task1", "who painted it?", None, "always", 4)
+    res = search(services, "webqa_task1", "who painted it?", None, None, "always", 4)
+    expected = services.map.place([h.did for h in res.hits], [h.score for h in res.hits])
+    assert (highlight["focus"]["x"], highlight["focus"]["y"]) == pytest.approx(expected)
+    assert len(highlight["neighbours"]) == 4 and "from" in highlight and "CoT" in desc
+    direct, _ = place_query(services, "webqa_task1", "who painted it?", None, "never", 4)
+    assert "from" not in direct
+    with pytest.raises(UserError, match="empty"):
+        place_query(services, "webqa_task1", "", None, "auto", 4)
+
+
+def test_map_tab_builds_and_sends_the_points_once(services):
+    with gr.Blocks() as demo:
+        build_map_tab(services)
+    html = [c for c in demo.blocks.values() if isinstance(c, gr.HTML) and "points" in c.props]
+    assert len(html) == 1
+    assert len(html[0].props["points"]["x"]) == len(services.map.points)
+
+
+def test_query_embeddings_of_another_model_are_left_off_the_map(services, tmp_path):
+    pair = "mscoco_task0"
+    folder = tmp_path / "eval"
+    (folder / "embeddings").mkdir(parents=True)
+    services.queries.to_parquet(folder / "queries.parquet")
+    src = services.map  # reuse the real table; write embeddings that do not belong to this model
+    rng = np.random.default_rng(5)
+    for name in services.tasks:
+        qids = services.queries.loc[services.queries["pair"] == name, "qid"].to_numpy()
+        dim = services.encoder.backbone.hidden_size
+        vec = _unit(rng, len(qids), dim)
+        np.savez(folder / "embeddings" / f"{name}.npz", qid=qids.astype(str), final=vec, direct=vec)
+    other = Services.load(str(services.encoder.backbone.model_id), services.root, "test", str(tmp_path / "c"),
+                          encoder=services.encoder, analysis=folder / "queries.parquet")
+    assert any(pair in n and "do not match" in n for n in other.notes)
+    assert (other.map.points["kind"] == "candidate").sum() == (src.points["kind"] == "candidate").sum()
+    assert not (other.map.points["pair"] == pair).loc[other.map.points["kind"] != "candidate"].any()
