@@ -1,0 +1,290 @@
+"""The Walkthrough: `trace_core.explain` against the encoder itself, and the tab's handlers, on tiny models.
+
+The tiny TRACE-mini and Qwen2-VL are random (test models for the mechanics). Oracles are the encoder's own
+`encode_queries`, the backbone's prefill/step, and the task's index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+import torch
+from PIL import Image
+
+from app.search_tab import UserError
+from app.walkthrough_tab import (
+    EMB_COLOUR,
+    build_walkthrough_tab,
+    decision_figure,
+    example_queries,
+    run_walkthrough,
+    token_strip,
+    walkthrough,
+)
+from tests.app_fixture import build_services
+from trace_core.encoder import EncoderConfig
+from trace_core.explain import Walkthrough, explain_query, first_step, stream_explain
+from trace_core.records import CotDelta, InputError, Query
+
+INSTR = "Find me an everyday image that matches the given caption."
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    return build_services(tmp_path_factory.mktemp("wt"), with_analysis=False)
+
+
+@pytest.fixture(scope="module")
+def encoder(services):
+    return services.encoder
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen_dir):
+    from trace_core.loading import load_model
+
+    return load_model(tiny_qwen_dir, config=EncoderConfig(max_cot_tokens=6))
+
+
+def _query() -> Query:
+    return Query(text="a dog sleeping on a red sofa", instruction=INSTR, qid="q")
+
+
+def _image_query() -> Query:
+    return Query(text="make it blue", image=Image.new("RGB", (40, 30), (200, 20, 20)), instruction=INSTR, qid="qi")
+
+
+def _emb_highlight(fig: go.Figure) -> list[int]:
+    colours = list(fig.data[0].marker.color)
+    return [i for i, c in enumerate(colours) if c == EMB_COLOUR]
+
+
+def _hidden_states_along(encoder, walk: Walkthrough) -> list[torch.Tensor]:
+    """Oracle: the backbone's hidden state at the last prompt position, then after each fed CoT token."""
+    bb = encoder.backbone
+    out = bb.prefill([encoder.render_query(walk.query)], with_logits=True)
+    states, state = [out.hidden[0]], out.state
+    for t in walk.result.cot_token_ids:
+        step = bb.step(state, torch.tensor([t]))
+        states.append(step.hidden[0])
+        state = step.state
+    return states
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=-1).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------ explain
+@pytest.mark.parametrize("which", ["mini", "qwen"])
+def test_first_step_is_the_prefill_distribution_and_matches_the_encoder(which, encoder, qwen):
+    enc = encoder if which == "mini" else qwen
+    for query in (_query(), _image_query()):
+        walk = explain_query(enc, query, "auto", 0.0, top=10)
+        first = walk.first
+        probs = [t.prob for t in first.top]
+        assert len(first.top) == 10 and [t.rank for t in first.top] == list(range(1, 11))
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6 and min(probs) >= 0
+        # P(<|emb|>) is the softmax of the prefill logits at emb_token_id, and the encoder's own p_emb
+        bb = enc.backbone
+        logits = bb.prefill([enc.render_query(query)]).logits[0].float()
+        assert first.vocab_size == logits.shape[0]
+        assert first.p_emb == pytest.approx(float(torch.softmax(logits, -1)[bb.emb_token_id]), rel=1e-5)
+        [ref] = enc.encode_queries([query], "auto", 0.0)
+        assert walk.route == ref.route and walk.result.route == first.route
+        assert walk.p_emb == pytest.approx(ref.p_emb, rel=1e-5, abs=1e-9)
+        assert first.margin == pytest.approx(ref.emb_margin, rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(walk.embedding, ref.embedding, atol=1e-5)
+        assert walk.dim == bb.hidden_size and len(walk.embedding_head) == 8
+        np.testing.assert_allclose(walk.embedding_head, ref.embedding[:8], atol=1e-5)
+        # <|emb|>'s rank is consistent with the top list
+        in_top = [t for t in first.top if t.is_emb]
+        assert (first.emb_rank <= 10) == bool(in_top)
+        if in_top:
+            assert in_top[0].rank == first.emb_rank and in_top[0].prob == pytest.approx(first.p_emb)
+        # the tokens are the prompt the model reads, images expanded
+        assert first.prompt_length == len(bb.tokenize(enc.render_query(query)))
+        assert (first.n_image_tokens > 0) == (query.image is not None)
+
+
+def test_never_pools_the_last_prompt_token(encoder):
+    walk = explain_query(encoder, _query(), "never")
+    assert walk.route == "direct" and walk.result.cot_tokens == 0 and walk.result.stop_reason == "direct"
+    assert walk.pooled_index == walk.prompt_length - 1 and walk.pooled_kind == "last prompt token"
+    assert walk.pooled_token == walk.first.tokens[-1]
+    states = _hidden_states_along(encoder, walk)
+    np.testing.assert_allclose(_unit(states[0]), walk.embedding, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["mini", "qwen"])
+def test_always_pools_the_last_cot_token(which, encoder, qwen):
+    enc = encoder if which == "mini" else qwen
+    walk = explain_query(enc, _query(), "always")
+    r = walk.result
+    assert walk.route == "reason" and r.cot_tokens >= 1 and walk.first.route == "reason"
+    assert walk.pooled_index == walk.prompt_length + r.cot_tokens - 1 and walk.pooled_kind == "last CoT token"
+    assert walk.pooled_token == enc.backbone.token_text(r.cot_token_ids[-1]) == walk.cot_token_texts[-1]
+    # the CoT starts with the best ordinary token of the first step
+    assert r.cot_token_ids[0] == walk.first.best_other.token_id
+    # and the embedding is the hidden state at the pooled position (prompt, then one state per fed CoT token)
+    states = _hidden_states_along(enc, walk)
+    np.testing.assert_allclose(_unit(states[walk.pooled_index - walk.prompt_length + 1]), walk.embedding, atol=1e-5)
+    assert walk.direct_cosine == pytest.approx(float(np.dot(_unit(states[0]), walk.embedding)), abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_emb_token_pooling_pools_the_emb_token_itself(mode, tiny_qwen_dir):
+    from trace_core.loading import load_model
+
+    enc = load_model(tiny_qwen_dir, style="ume-r1", config=EncoderConfig(max_cot_tokens=4))
+    walk = explain_query(enc, _query(), mode)
+    r, n = walk.result, walk.prompt_length
+    assert walk.pooling == "emb_token" and walk.route == ("direct" if mode == "never" else "reason")
+    states = _hidden_states_along(enc, walk)  # positions n - 1 .. n + cot_tokens - 1
+    if r.stop_reason in ("direct", "emb"):  # <gen_emb> was fed: its own state is the embedding
+        assert walk.pooled_index == n + r.cot_tokens and walk.pooled_token == "<gen_emb>"
+        state = enc.backbone.prefill([enc.render_query(walk.query)]).state
+        for t in [*r.cot_token_ids, enc.backbone.emb_token_id]:
+            out = enc.backbone.step(state, torch.tensor([t]))
+            state = out.state
+        np.testing.assert_allclose(_unit(out.hidden[0]), walk.embedding, atol=1e-5)
+    else:  # cut at the cap (or an end token): the encoder keeps the last CoT token's state
+        assert walk.pooled_index == n + r.cot_tokens - 1 and walk.pooled_kind == "last CoT token"
+        np.testing.assert_allclose(_unit(states[-1]), walk.embedding, atol=1e-5)
+
+
+def test_bias_moves_the_decision_in_auto_mode(encoder):
+    direct = explain_query(encoder, _query(), "auto", routing_bias=1e4)
+    assert direct.first.prefers_direct and direct.first.route == "direct" and direct.route == "direct"
+    reason = explain_query(encoder, _query(), "auto", routing_bias=-1e4)
+    assert not reason.first.prefers_direct and reason.first.route == "reason" and reason.route == "reason"
+    # the model's own confidence is read before the bias
+    assert direct.p_emb == pytest.approx(reason.p_emb)
+    assert "embedded at once" in direct.first.why and "chain of thought" in reason.first.why
+    # 'always' overrides a bias in favour of embedding
+    assert explain_query(encoder, _query(), "always", routing_bias=1e4).route == "reason"
+
+
+def test_stream_explain_yields_first_step_cot_then_the_walkthrough(encoder):
+    events = list(stream_explain(encoder, _query(), "always"))
+    assert events[0].route == "reason" and isinstance(events[-1], Walkthrough)
+    deltas = [e for e in events if isinstance(e, CotDelta)]
+    walk = events[-1]
+    assert "".join(d.text for d in deltas) == walk.result.cot
+    [ref] = encoder.encode_queries([_query()], "always")
+    np.testing.assert_allclose(walk.embedding, ref.embedding, atol=1e-5)
+
+
+def test_explain_rejects_bad_arguments(encoder):
+    with pytest.raises(InputError, match="reasoning"):
+        first_step(encoder, _query(), "sometimes")
+    with pytest.raises(InputError, match="finite"):
+        first_step(encoder, _query(), "auto", float("nan"))
+    with pytest.raises(InputError, match="empty"):
+        first_step(encoder, Query(text="  ", instruction=INSTR))
+
+
+# ------------------------------------------------------------------------------------------ the tab
+def test_handler_ranks_like_the_index_and_marks_gold(services):
+    t = services.tasks["mscoco_task0"]
+    q = t.queries[0]
+    view = walkthrough(services, "mscoco_task0", q.text, None, None, "never", 0.0, 4, q.qid)
+    scores, ids = t.index.search(view.walk.embedding, 4)
+    assert [h.did for h in view.search.hits] == list(ids[0])
+    np.testing.assert_allclose([h.score for h in view.search.hits], scores[0], atol=1e-6)
+    assert [row[0] for row in view.table] == [1, 2, 3, 4] and [row[1] for row in view.table] == list(ids[0])
+    gold = t.positives[q.qid]
+    assert all((row[3] == "✓") == (row[1] in gold) for row in view.table)
+    assert len(view.gallery) == 4  # a text -> image task shows the candidate images
+    assert f"`{q.qid}`" in view.ranking_md and "rank **" in view.ranking_md
+    # the same query through the encoder gives the same embedding
+    [ref] = services.encoder.encode_queries([Query(text=q.text, instruction=t.instructions[0])], "never")
+    np.testing.assert_allclose(view.walk.embedding, ref.embedding, atol=1e-5)
+    outs = view.outputs()
+    assert len(outs) == 11 and isinstance(outs[3], go.Figure)
+    assert "Step 1" in outs[0] and "Step 2" in outs[2] and "Step 3" in outs[4] and "Step 4" in outs[6]
+    assert "No chain of thought" in view.cot_md and f"token {view.walk.pooled_index}" in view.pooling_md
+    assert "wt-pooled" in view.pooling_html
+
+
+def test_handler_walks_an_image_and_text_query_that_reasons(services):
+    t = services.tasks["cirr_task7"]
+    q = t.queries[1]
+    img = Image.open(services.image_path(q.image_path))
+    view = walkthrough(services, "cirr_task7", q.text, img, None, "always", 0.0, 3, q.qid)
+    w = view.walk
+    assert w.route == "reason" and w.pooled_index == w.prompt_length + w.result.cot_tokens - 1
+    assert "image tokens" in view.prompt_md and "wt-image" in view.tokens_html
+    assert f"{w.result.cot_tokens} tokens" in view.cot_md and "wt-cot" in view.cot_html
+    assert "Without reasoning, top-1 would have been" in view.ranking_md
+    assert len(view.table) == 3
+
+
+def test_figure_highlights_emb(services, encoder):
+    view = walkthrough(services, "webqa_task1", "who painted the mona lisa?", None, None, "auto", 0.0, 2)
+    fig = view.figure
+    hi = _emb_highlight(fig)
+    assert len(hi) == 1 and "<|emb|>" in fig.data[0].x[hi[0]]
+    assert fig.data[0].y[hi[0]] == pytest.approx(view.walk.p_emb)
+    # with the whole vocabulary listed, <|emb|> is in the top list and its bar is the highlighted one
+    first = first_step(encoder, _query(), top=100_000)
+    assert len(first.top) == first.vocab_size
+    fig = decision_figure(first)
+    assert _emb_highlight(fig) == [first.emb_rank - 1] and len(fig.data[0].x) == first.vocab_size
+    assert list(fig.data[0].customdata)[first.emb_rank - 1] == encoder.backbone.emb_token_id
+
+
+def test_token_strip_collapses_image_runs_and_caps_long_prompts():
+    tokens = ["<|im_start|>", "user", *["<|image_pad|>"] * 64, "hi", "<|im_end|>"]
+    strip = token_strip(tokens, "<|emb|>")
+    assert "×64" in strip and "2–65" in strip and strip.count("wt-image") == 1
+    long = token_strip([f"t{i}" for i in range(1000)], "<|emb|>", cap=30)
+    assert long.count("class='wt-tok") == 31 and "970 tokens in the middle are hidden" in long
+    assert ">t999<" in long  # the last token (the pooled one on the direct route) stays visible
+    assert "&lt;b&gt;" in token_strip(["<b>"], "<|emb|>")  # token text is escaped
+
+
+def test_bad_input_is_a_clear_message_and_the_handler_keeps_working(services):
+    with pytest.raises(UserError, match="empty"):
+        walkthrough(services, "mscoco_task0", "   ", None, None)
+    with pytest.raises(UserError, match="takes a text query"):
+        walkthrough(services, "mscoco_task0", "a dog", Image.new("RGB", (8, 8)), None)
+    with pytest.raises(UserError, match="Reasoning must be one of"):
+        walkthrough(services, "mscoco_task0", "a dog", None, None, "sometimes")
+    with pytest.raises(UserError, match="finite"):
+        walkthrough(services, "mscoco_task0", "a dog", None, None, "auto", float("inf"))
+    with pytest.raises(UserError, match="unknown task"):
+        walkthrough(services, "nope_task1", "a dog", None, None)
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="empty"):
+        list(run_walkthrough(services, "mscoco_task0", None, "", None, "auto", 0.0, 5, ""))
+    assert not services.model_lock.locked()
+    outs = list(run_walkthrough(services, "webqa_task1", None, "who?", None, "always", 0.0, 2, ""))
+    assert len(outs[0]) == 11 and isinstance(outs[0][3], go.Figure)  # steps 1 and 2 come first
+    assert len(outs[-1]) == 11 and len(outs[-1][9]) == 2
+
+
+def test_examples_are_benchmark_queries_of_the_task(services):
+    t = services.tasks["cirr_task7"]
+    ex = example_queries(t)
+    assert ex and len(ex) <= 8 and all(q in t.queries for q in ex)
+    t.labels.update({ex[0].qid: "reason"})
+    try:
+        ex2 = example_queries(t, 4)
+        # labels alternate ("?" sorts before "reason"), so the one labelled query comes second
+        assert len(ex2) == 4 and [q.qid for q in ex2] == [ex[1].qid, ex[0].qid, ex[2].qid, ex[3].qid]
+    finally:
+        t.labels.pop(ex[0].qid)
+
+
+def test_tab_builds_with_model_calls_in_the_model_queue(services):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        with gr.Tab("Walkthrough"):
+            build_walkthrough_tab(services)
+    model_fns = [f for f in demo.fns.values() if f.concurrency_id == "model"]
+    assert len(model_fns) == 2 and all(f.concurrency_limit == 1 for f in model_fns)
+    assert all(f.api_visibility == "private" for f in demo.fns.values())
