@@ -5,8 +5,9 @@
 
 Runs `trace_core.evaluate` on the held-out test split for: TRACE-mini in auto mode, forced never to reason,
 forced always to reason; the λ_gen = 0 ablation (when given); the dual-encoder baseline (when given). Writes
-OUT/results.json (every run's per-pair metrics and the routing agreement with the difficulty labels) and
-OUT/RESULTS.md (the tables, for the model card).
+OUT/results.json (every run's per-pair metrics and the routing agreement with the difficulty labels),
+OUT/RESULTS.md (the tables, for the model card), and for the app's analysis tabs the auto run's per-query
+table OUT/queries.parquet and query embeddings OUT/embeddings/<pair>.npz.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_directory
 from ..encoder import EncoderConfig
 from ..evaluate import EvalConfig, evaluate
 from ..loading import load_model
@@ -120,7 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {"split": args.split, "data": str(data), "runs": runs, "routing_vs_labels": routing}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    # The analysis tabs read the auto run's per-query table and its query embeddings (the embedding map).
     shutil.copyfile(work / "TRACE-mini-auto" / "queries.parquet", out / "queries.parquet")
+    with atomic_directory(out / "embeddings") as tmp:
+        for f in sorted((work / "TRACE-mini-auto" / "embeddings").glob("*.npz")):
+            shutil.copyfile(f, tmp / f.name)
     md = ["# TRACE-mini results on the held-out test split of assets/minibeir", "",
           f"Produced by `python -m trace_core.minibeir.report {' '.join(argv or sys.argv[1:])}`.", "",
           "Headline metric per pair (R@5; R@10 for fashion datasets), in %:", "", _table(runs), "",
