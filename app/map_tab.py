@@ -14,13 +14,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import plotly
+from gradio import FileData
 
 from trace_core.records import InputError
 
-from .search_tab import UserError, search
+from .search_tab import UserError, api_image, search
 from .services import Services, gpu
 
-COLOUR_BY = {"modality": "modality", "task": "pair", "route": "route", "hit or miss": "hit"}
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 TEMPLATE = """
@@ -197,7 +197,7 @@ def place_query(services: Services, task_name: str, text, image, mode: str, k: i
     if emap is None:
         raise UserError("No embedding map is loaded.")
     res = search(services, task_name, text, image, None, mode, k)
-    task = services.tasks[task_name]
+    task, k = services.tasks[task_name], len(res.hits)
     dids, scores = [h.did for h in res.hits], [h.score for h in res.hits]
     try:
         focus = emap.place(dids, scores)
@@ -235,7 +235,6 @@ def build_map_tab(services: Services) -> None:
         "its final one (◆, after the chain of thought when it reasoned). Computed once and cached. A new query is "
         "placed from its nearest candidates, not re-projected. Click a point to see the item; a reasoned query "
         "shows its path from direct to final."
-        + "".join(f"\n\n*{html.escape(n)}*" for n in services.notes)
     )
     tasks = services.tasks
     first = next((n for n, t in tasks.items() if not t.takes_image), next(iter(tasks)))  # a text query is quickest
@@ -268,3 +267,15 @@ def build_map_tab(services: Services) -> None:
 
     go.click(on_place, [task, text, image, mode, k], [emb_map, detail, detail_image], concurrency_limit=1,
              concurrency_id="model", api_visibility="private")
+
+    def api_map_place(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
+                      top_k: float = 5) -> dict:
+        """Map: where a query lands on the embedding map (focus x, y), its top-k points, its direct start."""
+        try:
+            highlight, desc = place_query(services, task_name, query_text, api_image(services, query_image),
+                                          reasoning, top_k)
+        except (UserError, InputError) as exc:
+            raise gr.Error(str(exc)) from exc
+        return {**highlight, "description": desc}
+
+    gr.api(api_map_place, api_name="map_place", concurrency_limit=1, concurrency_id="model")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 from gradio import FileData
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from trace_core.records import CotDelta, InputError, Query, QueryResult, load_image
@@ -66,9 +67,11 @@ class SearchResult:
 def make_query(services: Services, task_name: str, text: str | None, image, instruction: str | None,
                qid: str | None = None) -> tuple[Task, Query]:
     """Check the inputs against the task and build the encoder's query; clear messages for mistakes."""
-    if task_name not in services.tasks:
+    if not isinstance(task_name, str) or task_name not in services.tasks:
         raise UserError(f"unknown task {task_name!r}")
     task = services.tasks[task_name]
+    if text is not None and not isinstance(text, str):
+        raise UserError("The query text must be a string.")
     text = (text or "").strip()
     if not text and image is None:
         raise UserError("The query is empty: type a text, upload an image, or both.")
@@ -107,7 +110,10 @@ def stream_search(services: Services, task_name: str, text, image, instruction, 
     if mode not in MODES:
         raise UserError(f"reasoning must be one of {MODES}")
     task, query = make_query(services, task_name, text, image, instruction, qid)
-    k = int(max(1, min(int(k), len(task.pool))))
+    try:
+        k = int(max(1, min(int(k), len(task.pool))))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UserError(f"top-k must be a whole number, not {k!r}") from exc
     with services.model_lock:
         for event in services.encoder.stream_query(query, reasoning=mode):
             if isinstance(event, CotDelta):
@@ -127,6 +133,7 @@ def compare(services: Services, task_name: str, text, image, instruction, k: int
     """The same query with reasoning forced off and on: scores, gold ranks, what entered and left the top k."""
     off = search(services, task_name, text, image, instruction, "never", k, qid)
     on = search(services, task_name, text, image, instruction, "always", k, qid)
+    k = len(off.hits)
     a, b = [h.did for h in off.hits], [h.did for h in on.hits]
     lines = ["| | without reasoning | with reasoning |", "|---|---|---|",
              f"| CoT tokens | 0 | {on.result.cot_tokens} |",
@@ -140,6 +147,34 @@ def compare(services: Services, task_name: str, text, image, instruction, k: int
     lines += ["", f"Top-{k} overlap: **{overlap}/{k}**. Entered with reasoning: {', '.join(entered) or 'none'}. "
               f"Left: {', '.join(left) or 'none'}.", "", f"**CoT:** {html.escape(on.result.cot) or '(none)'}"]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ API
+def api_image(services: Services, image) -> Image.Image | None:
+    """The image of an API call: FileData (gradio_client's handle_file), its dict, or a path string.
+
+    Only files under Gradio's upload folder (where uploads land) or under the data root are opened: a client
+    cannot make the server read any other file.
+    """
+    if image is None or image == "":
+        return None
+    if isinstance(image, dict):
+        image = image.get("path")
+    elif not isinstance(image, str):
+        image = getattr(image, "path", None)
+    if not isinstance(image, str) or not image:
+        raise UserError("The image must be an uploaded file (gradio_client.handle_file).")
+    path = os.path.realpath(image)
+    allowed = [os.path.realpath(get_upload_folder()), os.path.realpath(services.root)]
+    if not any(os.path.commonpath([path, a]) == a for a in allowed):
+        raise UserError("The image must be an uploaded file (gradio_client.handle_file), not a server path.")
+    return load_image(path)
+
+
+def search_api(services: Services, query_text, query_image, task_name, reasoning="auto", top_k=10) -> dict:
+    """What the `search` endpoint returns (JSON with the model fingerprint)."""
+    img = api_image(services, query_image)
+    return search(services, task_name, query_text, img, None, reasoning, top_k).to_json(services.fingerprint)
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -274,16 +309,18 @@ def build_search_tab(services: Services) -> None:
     def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
                    top_k: float = 10) -> dict:
         """Search: route, chain of thought and ranked hits for a text and/or image query."""
-        # gradio_client sends a file as FileData (handle_file); a plain path string is accepted too.
-        if isinstance(query_image, dict):
-            query_image = query_image.get("path")
-        elif query_image is not None and not isinstance(query_image, str):
-            query_image = getattr(query_image, "path", None)
         try:
-            img = load_image(query_image) if query_image else None
-            res = search(services, task_name, query_text, img, None, reasoning, int(top_k))
+            return search_api(services, query_text, query_image, task_name, reasoning, top_k)
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
-        return res.to_json(services.fingerprint)
+
+    def api_compare(query_text: str, query_image: FileData | None, task_name: str, top_k: float = 10) -> str:
+        """Compare: the same query with reasoning off and on (gold ranks, top-k overlap), as Markdown."""
+        try:
+            img = api_image(services, query_image)
+            return compare(services, task_name, query_text, img, None, top_k)
+        except (UserError, InputError) as exc:
+            raise gr.Error(str(exc)) from exc
 
     gr.api(api_search, api_name="search", concurrency_limit=1, concurrency_id="model")
+    gr.api(api_compare, api_name="compare", concurrency_limit=1, concurrency_id="model")

@@ -22,8 +22,10 @@ from trace_core.encoder import TraceEncoder
 from trace_core.index import CandidateIndex
 from trace_core.loading import load_model
 from trace_core.mbeir import (
+    ImagePathError,
     MBEIRCandidate,
     MBEIRQuery,
+    check_images,
     discover_pairs,
     load_default_instructions,
     load_pair,
@@ -108,10 +110,17 @@ class Services:
         table = root / "instructions" / "query_instructions.tsv"
         instructions = read_instructions(table) if table.is_file() else load_default_instructions()
         tasks: dict[str, Task] = {}
+        notes: list[str] = []
         pairs = discover_pairs(root, split)
         for n, pair in enumerate(pairs, start=1):
             log.info("[%d/%d] preparing %s", n, len(pairs), pair.name)
             queries, pool, positives = load_pair(pair)
+            try:  # every image path stays under the data root and exists; a pair that fails is left out
+                check_images(root, queries, pool)
+            except (ImagePathError, FileNotFoundError) as exc:
+                log.error("leaving out %s: %s", pair.name, exc)
+                notes.append(f"{pair.name} is left out: {exc}")
+                continue
             modalities = [c.modality for c in pool]
             cand_modality = max(set(modalities), key=modalities.count)
             query_modality = queries[0].modality if queries else "text"
@@ -131,6 +140,8 @@ class Services:
                 positives=positives,
                 labels=_route_labels(pair.query_file),
             )
+        if not tasks:
+            raise ValueError("no usable (dataset, task) pair in " + str(root) + ": " + "; ".join(notes))
         results = None
         if benchmark is not None and Path(benchmark).is_file():
             results = json.loads(Path(benchmark).read_text())
@@ -138,7 +149,7 @@ class Services:
         if analysis is not None and Path(analysis).is_file():
             queries = pd.read_parquet(analysis)
             queries = queries[queries["pair"].isin(tasks)].reset_index(drop=True)
-        services = cls(encoder, root, tasks, results, queries)
+        services = cls(encoder, root, tasks, results, queries, notes=notes)
         if embedding_map:
             query_points = []
             if queries is not None:

@@ -11,8 +11,8 @@ from .difficulty_tab import build_difficulty_tab
 from .errors_tab import build_errors_tab
 from .map_tab import build_map_tab
 from .search_tab import build_search_tab
-from .walkthrough_tab import build_walkthrough_tab
 from .services import Services
+from .walkthrough_tab import build_walkthrough_tab
 
 CSS_FILE = Path(__file__).resolve().parents[1] / "assets" / "app.css"
 
@@ -25,6 +25,7 @@ def build_app(services: Services) -> gr.Blocks:
             f"Model: `{Path(fp['model_id']).name}`. For each query the model either emits `<|emb|>` at once "
             "(direct route) or first writes a chain of thought; the embedding is the hidden state just before "
             "`<|emb|>`. Candidates never reason."
+            + "".join(f"\n\n> ⚠ {note}" for note in services.notes)
         )
         with gr.Tab("Search"):
             build_search_tab(services)
