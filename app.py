@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "index"))
     parser.add_argument("--no-map", action="store_true",
                         help="skip the embedding map (UMAP over the pools; built once, then cached)")
+    parser.add_argument("--build-analysis", action="store_true",
+                        help="when the model has no evaluation beside it, run one on first start (every test "
+                             "query, with the always-reason counterfactual; slow) and cache it for the analysis tabs")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true")
@@ -38,13 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     from app.services import Services
     from app.ui import build_app, css
     from trace_core.index import CorruptIndexError, IndexMismatchError
-    from trace_core.loading import ModelNotFoundError
+    from trace_core.loading import ModelNotFoundError, load_model
 
     benchmark = args.benchmark or Path(args.model) / "results.json"
     analysis = args.analysis or Path(args.model) / "queries.parquet"
     try:
+        encoder = load_model(args.model)
+        if args.build_analysis and not Path(analysis).is_file():
+            benchmark, analysis = build_analysis(encoder, args)
         services = Services.load(args.model, args.mbeir_dir, args.split, args.cache_dir, benchmark,
-                                 analysis=analysis, embedding_map=not args.no_map)
+                                 analysis=analysis, embedding_map=not args.no_map, encoder=encoder)
     except (ValueError, FileNotFoundError, ModelNotFoundError, CorruptIndexError, IndexMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -52,6 +58,23 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css())
     return 0
+
+
+def build_analysis(encoder, args) -> tuple[Path, Path]:
+    """The evaluation the analysis tabs read, run once and cached by model fingerprint and split.
+
+    queries.parquet is written last by the evaluation, so its presence marks a finished run.
+    """
+    from trace_core.evaluate import EvalConfig, evaluate
+
+    fp = encoder.fingerprint
+    out = Path(args.cache_dir).parent / "analysis" / f"{Path(fp['model_id']).name}-{fp['revision'][:12]}-{args.split}"
+    if not (out / "queries.parquet").is_file():
+        logging.getLogger("app").info("evaluating %s on %s/%s for the analysis tabs (once) -> %s",
+                                      fp["model_id"], args.mbeir_dir, args.split, out)
+        evaluate(encoder, Path(args.mbeir_dir), args.split, "all", out,
+                 EvalConfig(counterfactual=True, cache_dir=args.cache_dir))
+    return out / "results.json", out / "queries.parquet"
 
 
 if __name__ == "__main__":

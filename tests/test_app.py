@@ -115,3 +115,28 @@ def test_difficulty_tab_lists_the_queries_of_a_band(tmp_path):
     assert list(hard["qid"]) == ["q1", "q3"]
     assert list(band_queries(t, "all", "skipped: helped")["qid"]) == ["q3"]
     assert "outcome" in hard.columns
+
+
+def test_build_analysis_evaluates_once_and_caches_by_fingerprint(services, tmp_path, monkeypatch):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    import trace_core.evaluate as evaluate_module
+
+    # app.py (the entry point) is shadowed by the app/ package on import; load it by path
+    spec = importlib.util.spec_from_file_location("app_main", Path(__file__).resolve().parents[1] / "app.py")
+    app_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_main)
+    args = argparse.Namespace(cache_dir=str(tmp_path / "cache" / "index"), mbeir_dir=str(services.root), split="test")
+    bench, table = app_main.build_analysis(services.encoder, args)
+    assert table.is_file() and bench.is_file() and services.encoder.fingerprint["revision"][:12] in str(table)
+    t = pd.read_parquet(table)
+    assert {"gold_rank_direct", "gold_rank_always"} <= set(t.columns) and len(t) == 18
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: pytest.fail("evaluated twice"))
+    assert app_main.build_analysis(services.encoder, args) == (bench, table)
+    loaded = Services.load("unused", services.root, "test", args.cache_dir, bench, encoder=services.encoder,
+                           analysis=table, embedding_map=False)
+    assert len(loaded.queries) == 18 and set(loaded.benchmark["pairs"]) == set(services.tasks)
