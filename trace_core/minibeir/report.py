@@ -55,6 +55,14 @@ def routing_agreement(queries: pd.DataFrame, labels: pd.DataFrame) -> dict:
     return out
 
 
+def _add_routing(name: str, runs: dict, routing: dict, table: pd.DataFrame, labels: pd.DataFrame) -> None:
+    """Routing agreement of a run; the auto run's counterfactual pass becomes the "always reason" run."""
+    routing[name] = routing_agreement(table, labels)
+    if "counterfactual_always" in runs[name]:
+        runs["always reason"] = runs[name].pop("counterfactual_always")
+        routing["always reason"] = routing_agreement(table.assign(route="reason"), labels)
+
+
 def _table(runs: dict[str, dict]) -> str:
     pairs = sorted(next(iter(runs.values()))["pairs"])
     head = "| pair | metric | " + " | ".join(runs) + " |"
@@ -89,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--work", default="runs/report", help="folder for the individual evaluation runs")
     parser.add_argument("--cache-dir", default=".cache/index")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs found in --work instead of evaluating them again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
@@ -98,26 +108,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     # reasoning forced on, and evaluate() reports it as a run of its own.
     plan = [("TRACE-mini auto", args.model, "auto"), ("never reason", args.model, "never")]
     if args.ablation:
+        # auto shows whether routing is learned without CoT supervision; never isolates its embedding quality
         plan.append(("λ_gen = 0 ablation (auto)", args.ablation, "auto"))
+        plan.append(("λ_gen = 0 ablation (never)", args.ablation, "never"))
     if args.baseline:
         plan.append((f"baseline: {args.baseline}", args.baseline, "never"))
     runs, routing, encoders = {}, {}, {}
     for name, model, mode in plan:
         log.info("== %s", name)
+        run_dir = work / name.split(":")[0].replace(" ", "-").replace("λ_gen-=-0", "nogen")
+        if args.reuse and (run_dir / "queries.parquet").is_file() and (run_dir / "results.json").is_file():
+            log.info("reusing the finished run in %s", run_dir)
+            runs[name] = json.loads((run_dir / "results.json").read_text())
+            _add_routing(name, runs, routing, pd.read_parquet(run_dir / "queries.parquet"), labels)
+            continue
         if model not in encoders:
             # one model in memory at a time; batches of 32 make CPU decoding ~2x faster per query than 8
             encoders = {model: load_model(model, config=EncoderConfig(query_batch_size=32))}
-        run_dir = work / name.split(":")[0].replace(" ", "-").replace("λ_gen-=-0", "nogen")
         # The default run also encodes every query with reasoning forced on (gold rank with and without CoT):
         # the analysis tabs read that table, shipped beside the model as queries.parquet.
         cfg = EvalConfig(reasoning=mode, cache_dir=args.cache_dir, run_id=name.split()[0],
                          counterfactual=name == "TRACE-mini auto")
         runs[name] = evaluate(encoders[model], data, args.split, "all", run_dir, cfg)
-        table = pd.read_parquet(run_dir / "queries.parquet")
-        routing[name] = routing_agreement(table, labels)
-        if "counterfactual_always" in runs[name]:
-            runs["always reason"] = runs[name].pop("counterfactual_always")
-            routing["always reason"] = routing_agreement(table.assign(route="reason"), labels)
+        _add_routing(name, runs, routing, pd.read_parquet(run_dir / "queries.parquet"), labels)
 
     results = {"split": args.split, "data": str(data), "runs": runs, "routing_vs_labels": routing}
     out.mkdir(parents=True, exist_ok=True)
