@@ -140,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with atomic_directory(out / "embeddings") as tmp:
         for f in sorted((work / "TRACE-mini-auto" / "embeddings").glob("*.npz")):
             shutil.copyfile(f, tmp / f.name)
+    # the command that reproduces every run from scratch (--reuse only skips runs already finished)
+    command = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--reuse")
     md = ["# TRACE-mini results on the held-out test split of assets/minibeir", "",
-          f"Produced by `python -m trace_core.minibeir.report {' '.join(argv or sys.argv[1:])}`.", "",
+          f"Produced by `python -m trace_core.minibeir.report {command}`.", "",
           "Headline metric per pair (R@5; R@10 for fashion datasets), in %:", "", _table(runs), "",
           "Routing against the difficulty labels (share of queries routed to reasoning):", "",
           "| run | agreement | reason rate on 'direct'-labelled | reason rate on 'reason'-labelled |",
