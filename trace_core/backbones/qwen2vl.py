@@ -39,10 +39,20 @@ class QwenState:
     next_pos: torch.Tensor  # [B] M-RoPE position of the next token of each row
 
 
+# The files that define what a checkpoint computes. Anything else in its folder (an evaluation's results.json,
+# a model card, logs) may change without changing the model, and must not change its revision.
+MODEL_FILES = frozenset({
+    "config.json", "generation_config.json", "trace_style.json", "preprocessor_config.json", "tokenizer.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.json",
+    "model.safetensors.index.json",
+})
+
+
 def weights_fingerprint(path: Path) -> str:
-    """A cheap revision id for local weights: hash of file names, sizes and safetensors headers."""
+    """A cheap revision id for local weights: hash of the model files' names, sizes and safetensors headers."""
     h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")):
+    files = sorted(path.glob("*.safetensors")) + sorted(f for f in path.glob("*.json") if f.name in MODEL_FILES)
+    for f in files:
         h.update(f.name.encode())
         h.update(str(f.stat().st_size).encode())
         if f.suffix == ".safetensors":
