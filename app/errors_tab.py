@@ -335,8 +335,10 @@ def build_errors_tab(services: Services) -> None:
         task = gr.Dropdown(task_choices(services), value="all", label="Task")
         k = gr.Slider(1, 50, value=DEFAULT_K, step=1, label="k (a hit = the gold in the top k)")
     summary = gr.Markdown(listing_summary(services, first, DEFAULT_VIEW, DEFAULT_K))
+    # the query text gets a quarter of the width, so that the rank columns stay in view
+    widths = [("26%" if c == "query" else f"{74 / (len(first.columns) - 1):.1f}%") for c in first.columns]
     listing_df = gr.Dataframe(first, datatype=_datatypes(first), interactive=False, wrap=True, max_height=420,
-                              label="Queries")
+                              label="Queries", column_widths=widths)
     with gr.Row():
         qid = gr.Textbox(label="Query id", placeholder="click a row above, or type an id (e.g. 9:100) and press Enter",
                          scale=4)

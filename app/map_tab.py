@@ -116,7 +116,7 @@ function annotations(v) {
 
 function draw() {
   const layout = {margin: {l: 10, r: 10, t: 10, b: 10}, hovermode: 'closest', dragmode: 'pan',
-                  xaxis: {visible: false}, yaxis: {visible: false, scaleanchor: 'x'},
+                  xaxis: {visible: false}, yaxis: {visible: false},
                   legend: {orientation: 'h', y: -0.02}, annotations: annotations(props.value),
                   uirevision: 'keep-zoom'};
   Plotly.react(holder, [...base(select.value), ...overlay(props.value)], layout,

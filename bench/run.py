@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
         sizes, hnsw = ([10_000, 100_000], 20_000) if args.quick else ([10_000, 100_000, 1_000_000], 100_000)
         results["search"] = search_bench.run(sizes, hnsw)
-        print(table(results["search"]["exact"], "== search: faiss exact against numpy (ms per query)"))
+        print(table(results["search"]["exact"], "== search: faiss exact against numpy and our index (ms per query)"))
         print(table([results["search"]["approximate"]], "== search: HNSW against exact"))
     if "serving" in sections:
         from bench import serving
