@@ -14,6 +14,10 @@ from .search_tab import build_search_tab
 from .services import Services
 from .walkthrough_tab import build_walkthrough_tab
 
+# One tab per question a user asks, in the order a visitor meets them.
+TABS = [("Search", build_search_tab), ("Reasoning vs difficulty", build_difficulty_tab),
+        ("Embedding map", build_map_tab), ("Error inspection", build_errors_tab), ("Walkthrough", build_walkthrough_tab),
+        ("Benchmark", build_benchmark_tab)]
 CSS_FILE = Path(__file__).resolve().parents[1] / "assets" / "app.css"
 
 
@@ -27,18 +31,9 @@ def build_app(services: Services) -> gr.Blocks:
             "`<|emb|>`. Candidates never reason."
             + "".join(f"\n\n> ⚠ {note}" for note in services.notes)
         )
-        with gr.Tab("Search"):
-            build_search_tab(services)
-        with gr.Tab("Reasoning vs difficulty"):
-            build_difficulty_tab(services)
-        with gr.Tab("Embedding map"):
-            build_map_tab(services)
-        with gr.Tab("Error inspection"):
-            build_errors_tab(services)
-        with gr.Tab("Walkthrough"):
-            build_walkthrough_tab(services)
-        with gr.Tab("Benchmark"):
-            build_benchmark_tab(services)
+        for name, build in TABS:
+            with gr.Tab(name):
+                build(services)
     return demo
 
 

@@ -20,8 +20,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 if CHROMIUM is None and os.environ.get("TRACE_REQUIRE_BROWSER") != "1":
     pytest.skip("Debian's chromium is not installed (bash scripts/setup.sh installs it)", allow_module_level=True)
 
-TABS = ["Search", "Reasoning vs difficulty", "Embedding map", "Error inspection", "Walkthrough", "Benchmark"]
-
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
@@ -79,6 +77,10 @@ def test_search_shows_route_cot_and_results(page):
 
 
 def test_every_tab_opens_with_its_content(page):
+    from app.ui import TABS
+
+    for name, _ in TABS:
+        sync_api.expect(page.get_by_role("tab", name=name, exact=True)).to_be_visible()
     _tab(page, "Reasoning vs difficulty")
     sync_api.expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
     _tab(page, "Embedding map")
