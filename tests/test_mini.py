@@ -62,7 +62,7 @@ def test_direct_route_matches_the_training_forward(encoder, trainable):
     results = encoder.encode_queries(queries, reasoning="never")
     prompts = [encoder.render_query(q) for q in queries]
     with torch.no_grad():
-        pooled, ce, n = trainable.forward_train(prompts, [[trainable.emb_token_id]] * len(prompts))
+        pooled, _, ce, n = trainable.forward_train(prompts, [[trainable.emb_token_id]] * len(prompts))
     np.testing.assert_allclose(np.stack([r.embedding for r in results]), _unit(pooled), atol=1e-4)
     # the CE of target <|emb|> is -log p(<|emb|>) at the first step: the routing probability
     p = np.array([r.p_emb for r in results])
@@ -76,7 +76,7 @@ def test_reasoned_embedding_matches_teacher_forcing_on_its_own_cot(encoder, trai
     prompts = [encoder.render_query(q) for q in queries]
     targets = [[*r.cot_token_ids, trainable.emb_token_id] for r in results]
     with torch.no_grad():
-        pooled, _, n = trainable.forward_train(prompts, targets)
+        pooled, _, _, n = trainable.forward_train(prompts, targets)
     assert n == 3 * 6
     np.testing.assert_allclose(np.stack([r.embedding for r in results]), _unit(pooled), atol=1e-4)
 
@@ -86,7 +86,7 @@ def test_candidates_match_the_training_forward(encoder, trainable):
              did="2"), Candidate(text="a red car", image=Image.new("RGB", (30, 30), (200, 9, 9)), did="3")]
     got = encoder.encode_candidates(cands, batch_size=2)
     with torch.no_grad():
-        pooled, _, _ = trainable.forward_train([encoder.render_candidate(c) for c in cands])
+        pooled = trainable.forward_train([encoder.render_candidate(c) for c in cands]).pooled
     np.testing.assert_allclose(got, _unit(pooled), atol=1e-4)
 
 

@@ -197,9 +197,9 @@ class Trainer:
         q_prompts = [self._prompt(render_query(self.style, q, self.placeholder), q.image) for q in queries]
         c_prompts = [self._prompt(render_candidate(self.style, ex.positive, self.placeholder), ex.positive.image)
                      for ex in batch]
-        q, ce_sum, n_tok = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch],
-                                                    self._features(queries))
-        c, _, _ = self.model.forward_train(c_prompts, None, self._features([ex.positive for ex in batch]))
+        q, _, ce_sum, n_tok = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch],
+                                                       self._features(queries))
+        c = self.model.forward_train(c_prompts, None, self._features([ex.positive for ex in batch])).pooled
         q = nn.functional.normalize(q.float(), dim=-1)
         c = nn.functional.normalize(c.float(), dim=-1)
         logits = q @ c.T / self.cfg.temperature  # [B, B]

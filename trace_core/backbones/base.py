@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
@@ -66,20 +66,32 @@ class Backbone(ABC):
         return self.decode([token_id]) or f"<{token_id}>"
 
 
-def pool_and_score(hidden: torch.Tensor, targets: list[list[int]] | None, head) -> tuple[torch.Tensor, torch.Tensor, int]:
+class TrainForward(NamedTuple):
+    """What a teacher-forced training forward pass yields (see `pool_and_score`)."""
+
+    pooled: torch.Tensor  # [B, H] pre-token state: the position that predicts the last target (<|emb|>)
+    direct: torch.Tensor  # [B, H] state at the end of the prompt, where the direct route would embed
+    ce_sum: torch.Tensor  # summed cross-entropy over all target tokens (0 without targets)
+    n_tokens: int  # how many target tokens were scored
+
+
+def pool_and_score(hidden: torch.Tensor, targets: list[list[int]] | None, head) -> TrainForward:
     """The training objective's view of a teacher-forced, left-padded batch.
 
     hidden [B, S, H]: last-layer states of prompt + all targets but the last. The last position predicts the
     last target (<|emb|>), so it is the pooled pre-token [B, H]. Row i's targets are predicted by its last
-    len(targets[i]) positions; `head` maps those states to logits, and the summed CE and the target count are
-    returned (0 and 0 without targets, for candidates).
+    len(targets[i]) positions; the first of them is the end of the prompt, the direct route's embedding (equal
+    to the pre-token for a direct target). `head` maps those states to logits, and the summed CE and the target
+    count are returned (0 and 0 without targets, for candidates).
     """
     pooled = hidden[:, -1]
     if targets is None:
-        return pooled, pooled.new_zeros(()), 0
+        return TrainForward(pooled, pooled, pooled.new_zeros(()), 0)
     length = hidden.shape[1]
+    direct = hidden[torch.arange(len(targets)), torch.tensor([length - len(t) for t in targets])]
     rows = torch.cat([torch.full((len(t),), i) for i, t in enumerate(targets)])
     cols = torch.cat([torch.arange(length - len(t), length) for t in targets])
     labels = torch.tensor([x for t in targets for x in t], device=hidden.device)
     logits = head(hidden[rows, cols]).float()  # [T, V]: only where a target is predicted
-    return pooled, torch.nn.functional.cross_entropy(logits, labels, reduction="sum"), int(labels.numel())
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    return TrainForward(pooled, direct, ce, int(labels.numel()))

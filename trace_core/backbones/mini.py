@@ -41,7 +41,7 @@ from torch import nn
 
 from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
-from .base import Backbone, RenderedPrompt, StepOutput, pool_and_score
+from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
 
 log = logging.getLogger(__name__)
 
@@ -375,14 +375,14 @@ class TraceMini(nn.Module):
         prompts: list[RenderedPrompt],
         targets: list[list[int]] | None = None,
         features: list[torch.Tensor | None] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    ) -> TrainForward:
         """Teacher-forced forward pass for training.
 
         targets[i] are the ids the model must produce after prompt i: the CoT tokens then <|emb|> (just
         [<|emb|>] on the direct route). All but the last are fed as input, so the last position is the one that
-        predicts <|emb|>: its hidden state is the pre-token embedding. Returns pooled hidden states [B, H],
-        the summed cross-entropy over all target tokens, and their count. Without targets (candidates), the
-        last prompt position is pooled and the loss is 0.
+        predicts <|emb|>: its hidden state is the pre-token embedding. Returns a `TrainForward`: pooled and
+        prompt-end hidden states [B, H], the summed cross-entropy over all target tokens, and their count.
+        Without targets (candidates), the last prompt position is pooled and the loss is 0.
         """
         features = features or [None] * len(prompts)
         suffixes = [t[:-1] for t in targets] if targets is not None else [[] for _ in prompts]

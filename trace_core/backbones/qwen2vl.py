@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import atomic_directory
 from ..prompts import PromptStyle, style_for_vocab
-from .base import Backbone, RenderedPrompt, StepOutput, pool_and_score
+from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,8 @@ class QwenVLTrainable(torch.nn.Module):
         return cls(QwenVLBackbone.from_pretrained(path, dtype=torch.float32), **lora)
 
     def forward_train(self, prompts: list[RenderedPrompt], targets: list[list[int]] | None = None,
-                      features=None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Pooled pre-token hidden states [B, H], summed CE over the targets, and their count (see TraceMini)."""
+                      features=None) -> TrainForward:
+        """Pre-token and prompt-end hidden states [B, H], summed CE over the targets, their count (see TraceMini)."""
         suffixes = [t[:-1] for t in targets] if targets is not None else None
         inputs = self.backbone._inputs(prompts, suffixes)
         core = self.model.model
