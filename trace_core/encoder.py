@@ -285,7 +285,8 @@ class TraceEncoder:
             prompts = []
             for i in rows:
                 if any(p and p in cots[i] for p in placeholders):
-                    raise InputError(f"the chain of thought of query {queries[i].qid or i} holds an image placeholder")
+                    raise InputError(f"the chain of thought of query {queries[i].qid or i} holds an image "
+                                     "placeholder")
                 p = self.render_query(queries[i])
                 prompts.append(RenderedPrompt(p.text + cots[i], p.images))
             out = bb.prefill(prompts, with_logits=pool_emb_token)
@@ -293,7 +294,8 @@ class TraceEncoder:
             if pool_emb_token:
                 hidden = bb.step(out.state, torch.full((len(rows),), emb)).hidden
             for j, i in enumerate(rows):
-                ids = tuple(tokenizer(cots[i], add_special_tokens=False)["input_ids"]) if tokenizer and cots[i] else ()
+                ids = tuple(tokenizer(cots[i], add_special_tokens=False)["input_ids"]) if tokenizer and cots[i] \
+                    else ()
                 finish(i, hidden[j], cots[i], ids, t0)
         # Token-id CoTs: prefill the prompts, then feed each row's ids on the KV cache.
         for start in range(0, len(id_rows), bs):

@@ -80,6 +80,9 @@ class TrainConfig:
     lambda_direct: float = 0.5
     # One of a query's neg_cand_list (siblings in its pool) per step as an extra candidate column.
     hard_negatives: bool = True
+    # At most this many hard-negative columns per batch (each is one more candidate through the LM and back:
+    # on a CPU the candidate pass is a third of a step).
+    max_hard_negatives: int = 8
     # Share of steps per pair group ("complex": some query has a CoT; "image": images on either side; "text");
     # groups without a pair are dropped and the rest renormalised.
     group_weights: str = "complex=0.40,image=0.45,text=0.15"
@@ -327,7 +330,7 @@ class Trainer:
         if self.cfg.hard_negatives:
             seen = {c.did for c in columns}
             for ex in batch:
-                if ex.negatives:
+                if ex.negatives and len(columns) - len(batch) < self.cfg.max_hard_negatives:
                     neg = self.rng.choice(ex.negatives)
                     if neg.did not in seen:
                         seen.add(neg.did)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import teacher
@@ -114,7 +114,10 @@ def fill_pool(
     rng: random.Random,
     prefer: set[str] | None = None,
 ) -> None:
-    """Pool = all positives (never dropped) + shuffled distractors up to ``limit``, ``prefer``red ones first."""
+    """Pool = all positives (never dropped) + shuffled distractors up to ``limit``: the queries' hard negatives
+    first, then ``prefer``red ones. A hard negative that still does not fit is dropped from its query, so every
+    neg_cand_list names candidates of the pool."""
+    negatives = {d for qs in pair.queries.values() for q in qs for d in q.negatives}
     pool: list[str] = []
     seen: set[str] = set()
     for did in positives:
@@ -127,12 +130,18 @@ def fill_pool(
         )
     extra = [d for d in dict.fromkeys(distractors) if d not in seen]  # two emoji may share a caption
     rng.shuffle(extra)
-    if prefer:
-        extra.sort(key=lambda d: d not in prefer)  # stable: shuffled order kept within each group
+    if prefer or negatives:
+        prefer = prefer or set()
+        extra.sort(key=lambda d: (d not in negatives, d not in prefer))  # stable: shuffled order kept per group
     for did in extra[: max(0, limit - len(pool))]:
         seen.add(did)
         pool.append(did)
     pair.pool = sorted(pool, key=lambda d: int(d.split(":")[1]))
+    for split, qs in pair.queries.items():
+        pair.queries[split] = [
+            q if seen.issuperset(q.negatives) else replace(q, negatives=tuple(d for d in q.negatives if d in seen))
+            for q in qs
+        ]
 
 
 def take(pair: Pair, split: str, queries: list[Query], n: int, rng: random.Random) -> None:

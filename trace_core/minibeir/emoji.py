@@ -25,8 +25,9 @@ variants of the family, or items of the same subgroup).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import sources as src
 from . import teacher
@@ -69,7 +70,7 @@ def _pick(rng: random.Random, options: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- edits
-_TONE_EDITS = ("make the skin tone {t}", "with {t} skin instead", "change it to {t} skin", "same but {t} skin tone")
+_TONE_EDITS = ("make the skin tone {t}", "with {t} skin instead", "change it to {t} skin", "{t} skin tone instead")
 _DARKER = ("one shade darker", "make the skin one shade darker", "a shade darker skin")
 _LIGHTER = ("one shade lighter", "make the skin one shade lighter", "a shade lighter skin")
 _DEFAULT = ("without the skin tone", "in the default yellow", "remove the skin tone")
@@ -146,16 +147,29 @@ _DEFINITION_QUESTIONS = (
 _PLAIN_NAMES = ("Which emoji is the {n}?", "the {n} emoji", "{n}", "Find the {n} emoji.")
 
 
+def _names_any(text: str, name: str) -> bool:
+    """Whether ``text`` contains a word of ``name``, or its plural ("X rays" names "x-ray", "fires" names
+    "fire extinguisher"); words are split at hyphens and punctuation."""
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+    for w in re.findall(r"[a-z0-9]+", name.lower()):
+        forms = {w, w + "s", w + "es"} | ({w[:-1] + "ies"} if w.endswith("y") else set())
+        if forms & words:
+            return True
+    return False
+
+
 def definition_sense(wordnet: WordNet, e: src.Emoji):
     """The WordNet sense that fits the emoji (its category's lexicographer files), or None.
 
-    A gloss that contains the name itself would make the question trivial: such senses are skipped."""
+    A gloss that contains a word of the name would make the question trivial: such senses are skipped; a
+    hypernym that does ("cookie" for fortune cookie) is dropped, so no question quotes it."""
     files = SENSE_FILES.get(e.category)
     if files is None:
         return None
     for sense in wordnet.senses(e.name, files):
-        words = set(sense.gloss.lower().replace("-", " ").split())
-        if not any(w in words for w in e.name.split()) and 3 <= len(sense.gloss.split()) <= 30:
+        if not _names_any(sense.gloss, e.name) and 3 <= len(sense.gloss.split()) <= 30:
+            if sense.hypernym is not None and _names_any(sense.hypernym, e.name):
+                sense = replace(sense, hypernym=None)
             return sense
     return None
 
@@ -213,6 +227,17 @@ def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: 
     families: dict[str, list[src.Emoji]] = {}
     for e in emoji:
         families.setdefault(e.family, []).append(e)
+    # Legacy Unicode names give a neutral base emoji the gender of a ZWJ variant (1F935 "MAN IN TUXEDO" is
+    # CLDR's person in tuxedo, next to the sequence "MAN IN TUXEDO"): two members of one gender or one name
+    # would make an edit's target ambiguous, so the member with the fewest code points gives way.
+    for fam, ms in families.items():
+        kept: list[src.Emoji] = []
+        for m in sorted(ms, key=lambda m: (-len(m.code.split("-")), m.code)):
+            if not any(k.name == m.name or (m.gender and k.gender == m.gender) for k in kept):
+                kept.append(m)
+        if len(kept) < len(ms):
+            families[fam] = [m for m in ms if m in kept]
+            emoji = [e for e in emoji if e.family != fam or e in kept]
     edit_fams = {f: ms for f, ms in families.items()
                  if any(m.tones for m in ms) or (len(ms) > 1 and any(m.gender for m in ms))}
     # Flags are a quarter of the set and nearly identical at 64 px; cap them so they do not dominate.

@@ -176,7 +176,7 @@ def run_oracles(encoder: TraceEncoder, data: Path, split: str, auto: pd.DataFram
     return out
 
 
-def frozen_features(paths: Sequence[Path], batch_size: int = 64) -> np.ndarray:
+def frozen_features(paths: Sequence[Path], vision=None, batch_size: int = 64) -> np.ndarray:
     """EfficientNet-Lite0 pooled features [N, 1280] (global average of the last feature map).
 
     Images go through `load_image` (transparent pixels on white, as every encoder sees them) and TraceMini's
@@ -186,7 +186,7 @@ def frozen_features(paths: Sequence[Path], batch_size: int = 64) -> np.ndarray:
 
     from ..backbones.mini import MiniConfig, TraceMini, load_vision
 
-    vision = load_vision("efficientnet-lite0")
+    vision = vision if vision is not None else load_vision("efficientnet-lite0")
     stand_in = type("Preprocess", (), {"config": MiniConfig()})()  # image_size 224
     out = []
     with torch.inference_mode():
@@ -201,7 +201,10 @@ def frozen_baselines(data: Path, split: str, auto: pd.DataFrame) -> dict:
     """R@1/5/10 and headline of the frozen-feature baseline on every image-to-image pair (tasks 4, 7, 8): the
     cosine between the query image's and each candidate image's EfficientNet-Lite0 features (any text of the
     query is ignored), ranked over the pair's local pool."""
+    from ..backbones.mini import load_vision
+
     out: dict = {}
+    vision = None
     for pair in discover_pairs(data, split):
         if pair.task_id not in IMAGE_TO_IMAGE_TASKS:
             continue
@@ -210,8 +213,9 @@ def frozen_baselines(data: Path, split: str, auto: pd.DataFrame) -> dict:
         if rows.empty or not pool or rows["query_img_path"].isna().any():
             continue
         log.info("frozen features: %s (%d queries, %d candidates)", pair.name, len(rows), len(pool))
+        vision = vision if vision is not None else load_vision("efficientnet-lite0")
         feats = frozen_features([resolve_image(data, p) for p in
-                                 [*rows["query_img_path"], *(c.image_path for c in pool)]])
+                                 [*rows["query_img_path"], *(c.image_path for c in pool)]], vision)
         ranks = E.frozen_gold_ranks(feats[: len(rows)], feats[len(rows) :], [c.did for c in pool],
                                     [set(p) for p in rows["positives"]])
         metrics = E.recalls(ranks) or {}

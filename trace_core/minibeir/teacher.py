@@ -1,17 +1,17 @@
 """Rule-based teacher chains of thought for the complex queries of TRACE-mini, and the paper's CoT filters.
 
 The paper's teacher is an MLLM writing ``<reasoning>..</reasoning><answer>..</answer>`` per task type; ours
-writes the same format from the structured source metadata, with several wordings per task chosen by a
-seeded RNG so the student does not learn one fixed sentence. Every output then goes through ``filter_cot``
-(the paper's rule filters; the MLLM verifier has no counterpart here) before the tags are removed.
+writes the same format from the structured source metadata (the templates live with their pairs, in
+emoji.py), with several wordings per task chosen by a seeded RNG so the student does not learn one fixed
+sentence. Every output then goes through ``filter_cot`` (the paper's rule filters; the MLLM verifier has no
+counterpart here) before the tags are removed.
 CoTs are kept short (one step, the target named last) because decoding on a CPU is slow.
 """
 
 from __future__ import annotations
 
-import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Paper bounds, in tokens; we count whitespace-separated words (the student's tokenizer is not fixed here).
@@ -125,96 +125,3 @@ def filter_cot(
             return False, "duplicate"
         seen.add(key)
     return True, "ok"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Templates. Each returns (reasoning, answer); wording varies, content comes from metadata only.
-
-
-def _pick(rng: random.Random, options: Sequence[str]) -> str:
-    return options[rng.randrange(len(options))]
-
-
-def _wrap(reasoning: str, answer: str, keywords: Sequence[str]) -> TeacherOutput:
-    raw = f"<reasoning>{reasoning}</reasoning><answer>{answer}</answer>"
-    return TeacherOutput(raw=raw, answer=answer, keywords=tuple(keywords))
-
-
-def composed_cot(
-    rng: random.Random, source: str, operation: str, unchanged: str, target: str, keywords: Sequence[str]
-) -> TeacherOutput:
-    """Composed edit: state the source, the operation and what stays unchanged, then a one-line target."""
-    reasoning = _pick(
-        rng,
-        (
-            "The reference image shows the {s} emoji. The instruction asks me to {o}. "
-            "The {u} stay the same, so only that one attribute changes.",
-            "Source: the {s} emoji. Requested change: {o}. Nothing else should move; "
-            "I keep the {u} exactly as in the reference.",
-            "I start from the {s} emoji in the picture. The edit is to {o}, "
-            "while the {u} are left unchanged.",
-            "The given image is the {s} emoji. To satisfy the request I {o}; "
-            "the {u} carry over from the reference without change.",
-        ),
-    ).format(s=source, o=operation, u=unchanged)
-    answer = _pick(
-        rng,
-        (
-            "The target is the {t} emoji.",
-            "So I am looking for the {t} emoji.",
-            "Target: the {t} emoji.",
-            "The result should be the {t} emoji.",
-        ),
-    ).format(t=target)
-    return _wrap(reasoning, answer, keywords)
-
-
-def knowledge_cot(
-    rng: random.Random, entity: str, question_topic: str, fact: str, keywords: Sequence[str]
-) -> TeacherOutput:
-    """Knowledge question about an image: identify the entity, then look up the fact, in short steps."""
-    reasoning = _pick(
-        rng,
-        (
-            "Step 1: the image shows the {e} emoji. Step 2: the question asks about its {q}. "
-            "Step 3: its reference entry states that {f}.",
-            "First I recognise the picture as the {e} emoji. Then I need its {q}; "
-            "the catalogue entry for this emoji says {f}.",
-            "The picture is the {e} emoji. The query wants the {q}, which a reference passage "
-            "on this emoji answers: {f}.",
-        ),
-    ).format(e=entity, q=question_topic, f=fact)
-    answer = _pick(
-        rng,
-        (
-            "The relevant passage is the entry for the {e} emoji.",
-            "I need the reference entry describing the {e} emoji.",
-            "Answer: the passage about the {e} emoji.",
-        ),
-    ).format(e=entity)
-    return _wrap(reasoning, answer, keywords)
-
-
-def constraint_cot(
-    rng: random.Random, constraints: Sequence[str], target: str, keywords: Sequence[str]
-) -> TeacherOutput:
-    """Multi-constraint question: list the constraints, narrow down, name the single match."""
-    listed = "; ".join(constraints)
-    reasoning = _pick(
-        rng,
-        (
-            "The question sets {n} constraints: {c}. Checking them one by one narrows the candidates "
-            "to a single emoji that meets all of them.",
-            "Constraints to satisfy: {c}. Only one emoji passes every one of these {n} conditions.",
-            "I have to match {n} conditions at once: {c}. Filtering by each in turn leaves exactly one emoji.",
-        ),
-    ).format(n=len(constraints), c=listed)
-    answer = _pick(
-        rng,
-        (
-            "The answer is the {t} emoji.",
-            "That emoji is the {t}.",
-            "The only match is the {t} emoji.",
-        ),
-    ).format(t=target)
-    return _wrap(reasoning, answer, keywords)
