@@ -29,6 +29,7 @@ from trace_core.mbeir import (
     discover_pairs,
     load_default_instructions,
     load_pair,
+    read_cot_labels,
     read_instructions,
     resolve_image,
 )
@@ -138,7 +139,7 @@ class Services:
                 index=index,
                 queries=queries,
                 positives=positives,
-                labels=_route_labels(pair.query_file),
+                labels={qid: route for qid, (route, _) in read_cot_labels(pair.query_file).items()},
             )
         if not tasks:
             raise ValueError("no usable (dataset, task) pair in " + str(root) + ": " + "; ".join(notes))
@@ -199,12 +200,3 @@ def _query_points(tasks: dict[str, Task], table: pd.DataFrame, folder: Path, not
             list(rows["gold_rank_direct"] <= k), list(rows["gold_rank"] <= k)))
     return out
 
-
-def _route_labels(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            obj = json.loads(line)
-            if "route" in obj:
-                out[obj["qid"]] = obj["route"]
-    return out

@@ -18,13 +18,17 @@ import torch
 from bench.common import alternate, timed
 from trace_core.embed_pool import to_candidate, to_query
 from trace_core.encoder import TraceEncoder
-from trace_core.mbeir import discover_pairs, load_pair, read_instructions
+from trace_core.mbeir import discover_pairs, load_pair, read_cot_labels, read_instructions
 
 
-def _queries(root: Path, name: str, n: int):
+def _queries(root: Path, name: str, n: int, route: str | None = None):
+    """Up to n test queries of a pair (only those labelled `route`, when given) and n of its candidates."""
     instructions = read_instructions(root / "instructions" / "query_instructions.tsv")
     (pair,) = discover_pairs(root, "test", name)
     queries, pool, _ = load_pair(pair)
+    if route is not None:
+        labels = read_cot_labels(pair.query_file)
+        queries = [q for q in queries if labels[q.qid][0] == route]
     prompt = instructions.get(queries[0].modality, pool[0].modality, queries[0].dataset_id)[0]
     return [to_query(q, root, prompt) for q in queries[:n]], [to_candidate(c, root) for c in pool[:n]]
 
@@ -32,7 +36,7 @@ def _queries(root: Path, name: str, n: int):
 def run(encoder: TraceEncoder, root: Path, n: int, repeats: int, bs: int) -> dict:
     bb = encoder.backbone
     simple, cands = _queries(root, "emoji_task0", n)  # text -> emoji, labelled direct
-    complex_, _ = _queries(root, "emoji_task1", n)  # multi-constraint questions, labelled reason
+    complex_, _ = _queries(root, "emoji_task2", n, route="reason")  # edits whose target is not written out
     routes = [r.route for r in encoder.encode_queries(simple, batch_size=bs)]
     direct = [q for q, r in zip(simple, routes, strict=True) if r == "direct"]
 

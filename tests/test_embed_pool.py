@@ -54,3 +54,24 @@ def test_the_pool_cache_does_not_depend_on_how_the_model_path_is_spelled(tiny_qw
     relative = trace_core.load_model(tiny_qwen_dir.name)
     absolute = trace_core.load_model(tiny_qwen_dir.resolve())
     assert expected_manifest(relative, pool) == expected_manifest(absolute, pool)
+
+
+def test_two_pairs_sharing_one_pool_embed_it_once(tiny_qwen_dir, tmp_path, monkeypatch):
+    """A pool with the same records under another pair's name reuses that pair's cached index."""
+    from trace_core.embed_pool import pool_index
+
+    fx = build_fixture(tmp_path / "mbeir")
+    pool = read_pool(fx["root"] / "cand_pool" / "local" / "mbeir_cirr_task7_cand_pool.jsonl")
+    encoder = trace_core.load_model(tiny_qwen_dir)
+    cache = tmp_path / "cache"
+    first = pool_index(encoder, pool, fx["root"], cache, "pool_a", progress=False)
+    calls = []
+    monkeypatch.setattr(encoder, "encode_candidates", lambda *a, **k: calls.append(1) or None)
+    twin = pool_index(encoder, pool, fx["root"], cache, "pool_b", progress=False)
+    assert not calls and twin.ids == first.ids
+    np.testing.assert_array_equal(twin.embeddings, first.embeddings)
+    assert len(list(cache.glob("pool_b-*"))) == 1  # its own copy
+    # different records: no reuse, the pool is embedded
+    monkeypatch.undo()
+    other = pool_index(encoder, pool[:-1], fx["root"], cache, "pool_c", progress=False)
+    assert len(other) == len(pool) - 1

@@ -93,6 +93,19 @@ def pool_index(
         log.info("no cached index for %s; embedding %d candidates", pool_name, len(pool))
     except (CorruptIndexError, IndexMismatchError) as exc:
         log.warning("cached index %s is unusable (%s); rebuilding it", path, exc)
+    # Two pairs may share one pool (the same records in the same order, e.g. a composed-edit pair and its
+    # text-only twin): the key covers model, prompt and content, so another pool name's index is this one's.
+    key = path.name[len(pool_name) + 1 :]
+    for other in sorted(Path(cache_dir).glob(f"*-{key}")):
+        if other == path:
+            continue
+        try:
+            index = CandidateIndex.load(other, expected=expected)
+        except (FileNotFoundError, CorruptIndexError, IndexMismatchError):
+            continue
+        index.save(path)  # a copy of its own: a later change to either pool must not touch the other
+        log.info("%s has the same candidates as %s: reused its index", pool_name, other.name)
+        return index
     cands = [to_candidate(c, root) for c in pool]
     embeddings = encoder.encode_candidates(cands, progress=progress)
     index = CandidateIndex.build(

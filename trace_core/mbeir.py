@@ -251,6 +251,26 @@ def iter_pool(path: PathLike) -> Iterator[MBEIRCandidate]:
         yield cand
 
 
+def read_cot_labels(path: PathLike) -> dict[str, tuple[str, str | None]]:
+    """qid -> (route, cot) from the M-BEIR-CoT keys of a query file (route "direct" when absent).
+
+    The one reader of these keys: training, the report, the app and bench all go through it."""
+    labels = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            route = obj.get("route", "direct")
+            if route not in ("direct", "reason"):
+                raise ValueError(f"{path}:{n}: route must be 'direct' or 'reason', not {route!r}")
+            cot = obj.get("cot")
+            if route == "reason" and not cot:
+                raise ValueError(f"{path}:{n}: a 'reason' query needs a non-empty 'cot'")
+            labels[obj["qid"]] = (route, cot if route == "reason" else None)
+    return labels
+
+
 def read_queries(path: PathLike) -> list[MBEIRQuery]:
     """All queries of a ``query/<split>/mbeir_<name>_<split>.jsonl`` file, in file order."""
     return list(iter_queries(path))

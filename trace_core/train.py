@@ -51,7 +51,14 @@ from torch import nn
 
 from .backbones.base import Backbone, RenderedPrompt
 from .encoder import EncoderConfig, TraceEncoder
-from .mbeir import MBEIRCandidate, discover_pairs, load_pair, read_instructions, resolve_image
+from .mbeir import (
+    MBEIRCandidate,
+    discover_pairs,
+    load_pair,
+    read_cot_labels,
+    read_instructions,
+    resolve_image,
+)
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
 from .records import Candidate, Query, load_image
 
@@ -104,24 +111,6 @@ class Example:
     negatives: tuple[Candidate, ...] = ()  # the query's hard negatives (neg_cand_list) found in the pool
 
 
-def _read_labels(path: Path) -> dict[str, tuple[str, str | None]]:
-    """qid -> (route, cot) from the M-BEIR-CoT keys of a query file."""
-    labels = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            obj = json.loads(line)
-            route = obj.get("route", "direct")
-            if route not in ("direct", "reason"):
-                raise ValueError(f"{path}:{n}: route must be 'direct' or 'reason', not {route!r}")
-            cot = obj.get("cot")
-            if route == "reason" and not cot:
-                raise ValueError(f"{path}:{n}: a 'reason' query needs a non-empty 'cot'")
-            labels[obj["qid"]] = (route, cot if route == "reason" else None)
-    return labels
-
-
 def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[str, list[Example]]:
     """Training examples grouped by pair: each query with its CoT label and each of its positives."""
     root = Path(root)
@@ -134,7 +123,7 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
 
     for pair in discover_pairs(root, split, pairs):
         queries, pool, positives = load_pair(pair)
-        labels = _read_labels(pair.query_file)
+        labels = read_cot_labels(pair.query_file)
         pool_by_id: dict[str, MBEIRCandidate] = {c.did: c for c in pool}
         examples = []
         for q in queries:
