@@ -5,16 +5,18 @@ Input: `queries.parquet` from `python -m trace_core.evaluate ... --counterfactua
 direct route's embedding, free from the same prefill) and `gold_rank_always` (reasoning forced on).
 
 Difficulty is measured, not labelled: a query's difficulty is the gold rank its *direct* embedding gets.
-Rank 1 is easy; a gold item outside the top 20 is hard. Because the route is decided by
-`emb_margin + bias > 0` and a reasoned query's CoT does not depend on the bias, any bias can be replayed
-exactly from one run: the gold rank is `gold_rank_direct` where the query would go direct and
-`gold_rank_always` where it would reason.
+Rank 1 is easy; a gold item outside the top 20 is hard. Because the encoder's route rule
+(`trace_core.encoder.prefers_direct`) depends only on `emb_margin` and the bias, and a reasoned query's CoT does
+not depend on the bias, any bias can be replayed exactly from one run by that same rule: the gold rank is
+`gold_rank_direct` where the query would go direct and `gold_rank_always` where it would reason.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from trace_core.encoder import prefers_direct
 
 BANDS = [(1, 1, "rank 1"), (2, 5, "rank 2-5"), (6, 20, "rank 6-20"), (21, 100, "rank 21-100"),
          (101, np.inf, "rank > 100")]
@@ -112,7 +114,7 @@ def bias_sweep(table: pd.DataFrame, biases: np.ndarray | None = None, k: int = 5
         biases = np.unique(np.concatenate([np.linspace(lo, hi, 41), [0.0]]))
     rows = []
     for b in biases:
-        direct = margin + b > 0
+        direct = prefers_direct(margin, b)  # [Q] the encoder's own rule, on the stored margins
         rank = np.where(direct, table["gold_rank_direct"], table["gold_rank_always"])
         tokens = np.where(direct, 0, table["cot_tokens_always"])
         rows.append({"bias": float(b), "reason rate": float((~direct).mean()), f"R@{k}": float((rank <= k).mean()),

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trace_core.records import check_k
+
 VIEWS = ("all", "failures only", "reasoning hurt", "reasoning helped", "skipped but reasoning would have helped")
 COUNTERFACTUAL_VIEWS = ("skipped but reasoning would have helped",)  # need gold_rank_always
 QUERY_CHARS = 80
@@ -60,7 +62,7 @@ def score_margin(table: pd.DataFrame) -> pd.Series:
 def error_table(table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     """One row per query: where its gold candidate landed without and with the route taken, and by how much
     it lost to the top-1. `rank change` = direct - final: positive means reasoning moved the gold up."""
-    _check_k(k)
+    k = check_k(k)
     out = pd.DataFrame({
         "pair": table["pair"].astype(str),
         "qid": table["qid"].astype(str),
@@ -80,7 +82,7 @@ def error_table(table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 
 def error_mask(table: pd.DataFrame, view: str, k: int = 5) -> pd.Series:
     """Which rows of the per-query table a view keeps (a boolean Series on the table's index)."""
-    _check_k(k)
+    k = check_k(k)
     final, direct = table["gold_rank"], table["gold_rank_direct"]
     reasoned = table["route"] == "reason"
     if view == "all":
@@ -207,8 +209,3 @@ def query_detail(table: pd.DataFrame, pair: str | None, qid: str) -> QueryDetail
         top_scores=top_scores,
         row=r.to_dict(),
     )
-
-
-def _check_k(k: int) -> None:
-    if int(k) < 1:
-        raise ValueError(f"k must be >= 1, got {k}.")

@@ -17,8 +17,9 @@ import pandas as pd
 from PIL import Image
 
 from analysis.errors import QueryDetail, available_views, filter_errors, query_detail
+from trace_core.records import check_k
 
-from .search_tab import UserError
+from .search_tab import UserError, checked
 from .services import Services
 
 NO_TABLE = ("No per-query table is loaded for this model. Produce one with "
@@ -64,13 +65,7 @@ def analysis_table(services: Services) -> pd.DataFrame:
 
 
 def _k(k: Any) -> int:
-    try:
-        value = int(k)
-    except (TypeError, ValueError):
-        raise UserError(f"k must be a whole number, got {k!r}.") from None
-    if value < 1:
-        raise UserError(f"k must be at least 1, got {value}.")
-    return value
+    return checked(check_k, k)
 
 
 def task_choices(services: Services) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import numpy as np
 import plotly
 from gradio import FileData
 
-from trace_core.records import InputError
+from trace_core.records import REASONING_MODES, InputError
 
 from .search_tab import UserError, api_image, search
 from .services import Services, gpu
@@ -247,7 +247,7 @@ def build_map_tab(services: Services) -> None:
             text = gr.Textbox(label="Query text", lines=2)
             image = gr.Image(type="pil", label="Query image", height=140)
             with gr.Row():
-                mode = gr.Radio(["auto", "always", "never"], value="auto", label="Reasoning")
+                mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning")
                 k = gr.Slider(1, 20, value=5, step=1, label="top-k")
             go = gr.Button("Place on the map", variant="primary")
             detail = gr.Markdown("Click a point of the map to see the item.")

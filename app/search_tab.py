@@ -18,15 +18,36 @@ from gradio import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from trace_core.records import CotDelta, InputError, Query, QueryResult, load_image
+from trace_core.records import (
+    REASONING_MODES,
+    CotDelta,
+    InputError,
+    Query,
+    QueryResult,
+    check_k,
+    check_reasoning,
+    load_image,
+)
 
 from .services import Services, Task, gpu
-
-MODES = ("auto", "always", "never")
 
 
 class UserError(ValueError):
     """A mistake in the query: shown to the person as it is (gr.Error in the UI)."""
+
+
+def checked(check, value):
+    """`value` through one of `trace_core.records`' checks (`check_k`, `check_reasoning`, ...): the one rule and
+    message of each; a refusal becomes a UserError."""
+    try:
+        return check(value)
+    except InputError as exc:
+        raise UserError(str(exc)) from None
+
+
+def top_k(k, task: Task) -> int:
+    """The top-k of a search: a whole number >= 1 (`check_k`), at most the task's pool size."""
+    return min(checked(check_k, k), len(task.pool))
 
 
 @dataclass
@@ -98,22 +119,17 @@ def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str |
     for n, (did, score) in enumerate(zip(ids[0], scores[0], strict=True), start=1):
         c = task.candidate(did)
         hits.append(Hit(n, did, float(score), c.text, services.image_path(c.image_path), did in gold_ids))
-    gold = sorted((d, *task.index.rank_of(result.embedding, d)) for d in gold_ids if d in task.index.ids)
-    gold = sorted(gold, key=lambda g: g[1])
-    return SearchResult(result, hits, [(d, int(r), float(s)) for d, r, s in gold], task.name)
+    [gold] = task.index.positive_ranks(result.embedding[None], [gold_ids])  # every gold's exact rank, best first
+    return SearchResult(result, hits, gold, task.name)
 
 
 @gpu
 def stream_search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
                   qid: str | None = None) -> Iterator[CotDelta | SearchResult]:
     """Yield CoT deltas while the model reasons, then the ranked result."""
-    if mode not in MODES:
-        raise UserError(f"reasoning must be one of {MODES}")
+    mode = checked(check_reasoning, mode)
     task, query = make_query(services, task_name, text, image, instruction, qid)
-    try:
-        k = int(max(1, min(int(k), len(task.pool))))
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise UserError(f"top-k must be a whole number, not {k!r}") from exc
+    k = top_k(k, task)
     with services.model_lock:
         for event in services.encoder.stream_query(query, reasoning=mode):
             if isinstance(event, CotDelta):
@@ -231,7 +247,7 @@ def build_search_tab(services: Services) -> None:
             text = gr.Textbox(label="Query text", placeholder="e.g. an emoji of a red apple", lines=2)
             image = gr.Image(type="pil", label="Query image", height=180)
             with gr.Row():
-                mode = gr.Radio(list(MODES), value="auto", label="Reasoning")
+                mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning")
                 k = gr.Slider(1, 50, value=10, step=1, label="top-k")
             qid = gr.State("")
             with gr.Row():

@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.embedding_map import EmbeddingMap, PoolPoints, QueryPoints, load_or_build
 from trace_core.embed_pool import pool_index
-from trace_core.encoder import TraceEncoder
+from trace_core.encoder import Encoder
 from trace_core.index import CandidateIndex
 from trace_core.loading import load_model
 from trace_core.mbeir import (
@@ -86,7 +86,7 @@ class Task:
 
 @dataclass
 class Services:
-    encoder: TraceEncoder  # the loaded model (TRACE-mini by default)
+    encoder: Encoder  # the loaded model (TRACE-mini by default)
     root: Path  # the M-BEIR-format data folder
     tasks: dict[str, Task]  # by pair name
     benchmark: dict | None = None  # results.json of the loaded model's evaluation, if any
@@ -104,7 +104,7 @@ class Services:
 
     @classmethod
     def load(cls, model: str, data: str | Path, split: str = "test", cache_dir: str = ".cache/index",
-             benchmark: str | Path | None = None, encoder: TraceEncoder | None = None,
+             benchmark: str | Path | None = None, encoder: Encoder | None = None,
              analysis: str | Path | None = None, embedding_map: bool = True) -> Services:
         root = Path(data)
         encoder = encoder or load_model(model)

@@ -10,7 +10,6 @@ wires them to components.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,11 +18,11 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from trace_core.encoder import TraceEncoder
-from trace_core.explain import IMAGE_TOKENS, FirstStep, Walkthrough, stream_explain
+from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough, stream_explain
 from trace_core.mbeir import MBEIRQuery
-from trace_core.records import CotDelta, InputError
+from trace_core.records import REASONING_MODES, CotDelta, InputError, check_reasoning, check_routing_bias
 
-from .search_tab import MODES, SearchResult, UserError, make_query, rank
+from .search_tab import SearchResult, UserError, checked, make_query, rank, top_k
 from .services import Services, Task, gpu
 
 TOP = 10  # next tokens shown at the first step
@@ -143,7 +142,7 @@ def _code(text: str) -> str:
     return "```text\n" + text.replace("```", "`\u200b``") + "\n```"
 
 
-def prompt_markdown(first: FirstStep) -> str:
+def prompt_markdown(first: PromptStep) -> str:
     """Step 1: the rendered prompt and what it is made of."""
     q = first.query
     parts: list[str | None] = [f"the task instruction (*{html.escape(q.instruction)}*)" if q.instruction else None,
@@ -172,61 +171,64 @@ def code_span(text: str, in_table: bool = False) -> str:
     return span.replace("|", "\\|") if in_table else span
 
 
-def decision_words(first: FirstStep) -> str:
+def decision_words(first: PromptStep) -> str:
     """The first-step decision in one plain sentence."""
+    d = first.step  # the encoder's record of the decision
     emb, best = code_span(first.emb_token), code_span(show_token(first.best_other.text))
-    score = f"margin + bias = {first.margin + first.routing_bias:+.2f}"
-    if not first.can_reason:
+    score = f"margin + bias = {d.margin + d.routing_bias:+.2f}"
+    if not d.can_reason:
         return f"This prompt style never reasons: every query is embedded at once ({score})."
-    if first.reasoning == "never":
+    if d.reasoning == "never":
         return (f"Reasoning is switched off (*never*): the query is embedded at once, whatever the model prefers "
                 f"({score}).")
-    if first.reasoning == "always":
+    if d.reasoning == "always":
         return (f"Reasoning is forced (*always*): {emb} is not allowed at the first step, so the model starts its "
                 f"chain of thought with {best} ({score}).")
-    if first.prefers_direct:
+    if d.prefers_direct:
         return f"{emb} wins ({score} > 0): the query is embedded at once."
     return f"{best} beats {emb} ({score} ≤ 0): the model writes a chain of thought before embedding."
 
 
-def decision_markdown(first: FirstStep) -> str:
+def decision_markdown(first: PromptStep) -> str:
     """Step 2: the first-step decision in words and numbers."""
+    d = first.step
     emb, emb_t = code_span(first.emb_token), code_span(first.emb_token, in_table=True)
     route = ("**direct**: embed at once" if first.route == "direct"
              else "**reason**: write a chain of thought first")
-    emb_place = ("the model's first choice" if first.emb_rank == 1
-                 else f"rank {first.emb_rank:,} of {first.vocab_size:,}")
+    emb_place = ("the model's first choice" if d.emb_rank == 1
+                 else f"rank {d.emb_rank:,} of {d.vocab_size:,}")
     return (
         "### Step 2 · The first decision: embed now, or think first?\n"
-        f"After reading the prompt, the model gives every one of its {first.vocab_size:,} tokens a score (a logit) "
+        f"After reading the prompt, the model gives every one of its {d.vocab_size:,} tokens a score (a logit) "
         "and turns the scores into probabilities for the next token. TRACE added one special token, "
         f"{emb}, which means *I am ready to embed*. If {emb} wins, the query is embedded at once (the direct "
         "route). If an ordinary token wins, the model first writes a chain of thought (the reason route), starting "
         "with that token. Ending the answer (grey bars) is not allowed at this step.\n\n"
         f"| | |\n|---|---|\n"
-        f"| P({emb_t}) | **{first.p_emb:.4f}** ({emb_place}) |\n"
+        f"| P({emb_t}) | **{d.p_emb:.4f}** ({emb_place}) |\n"
         f"| best other token | {code_span(show_token(first.best_other.text), in_table=True)} "
         f"(P = {first.best_other.prob:.4f}) |\n"
-        f"| margin = logit({emb_t}) − logit(best other) | {first.margin:+.3f} |\n"
-        f"| routing bias (added to the logit of {emb_t}) | {first.routing_bias:+.2f} |\n"
-        f"| margin + bias | {first.margin + first.routing_bias:+.3f} (direct when > 0) |\n"
-        f"| reasoning mode | {first.reasoning} |\n"
+        f"| margin = logit({emb_t}) − logit(best other) | {d.margin:+.3f} |\n"
+        f"| routing bias (added to the logit of {emb_t}) | {d.routing_bias:+.2f} |\n"
+        f"| margin + bias | {d.margin + d.routing_bias:+.3f} (direct when > 0) |\n"
+        f"| reasoning mode | {d.reasoning} |\n"
         f"| route | {route} |\n\n"
         f"{decision_words(first)}"
     )
 
 
-def decision_figure(first: FirstStep) -> go.Figure:
+def decision_figure(first: PromptStep) -> go.Figure:
     """Bars of the top next-token probabilities; `<|emb|>` highlighted (added at the end when not in the top)."""
+    d = first.step
     items = [(f"{t.rank}. {show_token(t.text)[:18]}", t.prob, t.is_emb, t.is_stop, t.token_id) for t in first.top]
     if not any(t.is_emb for t in first.top):
-        items.append((f"{first.emb_rank}. {first.emb_token}", first.p_emb, True, False, first.emb_token_id))
+        items.append((f"{d.emb_rank}. {first.emb_token}", d.p_emb, True, False, d.emb_token_id))
     colours = [EMB_COLOUR if e else STOP_COLOUR if s else WORD_COLOUR for _, _, e, s, _ in items]
     fig = go.Figure()
     fig.add_bar(x=[x for x, *_ in items], y=[p for _, p, *_ in items], marker_color=colours,
                 customdata=[t for *_, t in items], text=[f"{p:.3f}" for _, p, *_ in items], textposition="outside",
                 hovertemplate="%{x}<br>P = %{y:.4f}<br>token id %{customdata}<extra></extra>")
-    title = f"First step: the next token the model would write (P({first.emb_token}) = {first.p_emb:.3f})"
+    title = f"First step: the next token the model would write (P({first.emb_token}) = {d.p_emb:.3f})"
     top = max((p for _, p, *_ in items), default=1.0)
     fig.update_layout(title=title, yaxis={"title": "probability", "range": [0, min(1.0, top * 1.2 + 1e-6)]},
                       xaxis={"title": "token (blue: embed now · amber: start a chain of thought · grey: stop)",
@@ -371,30 +373,21 @@ def example_label(task: Task, q: MBEIRQuery) -> str:
     return f"{tag}{q.text or '(image only)'}{' + image' if q.image_path and q.text else ''}"[:100]
 
 
-def _check_inputs(services: Services, mode: str, bias, k) -> tuple[float, int]:
+def _check_inputs(services: Services, mode: str, bias) -> tuple[str, float]:
     if not isinstance(services.encoder, TraceEncoder):
         raise UserError("The walkthrough needs a TRACE model (one that routes and reasons); this app runs a "
                         "baseline encoder.")
-    if mode not in MODES:
-        raise UserError(f"Reasoning must be one of {', '.join(MODES)}.")
-    try:
-        bias = float(bias if bias is not None else 0.0)
-        k = int(k)
-    except (TypeError, ValueError) as exc:
-        raise UserError("The routing bias and top-k must be numbers.") from exc
-    if not math.isfinite(bias):
-        raise UserError("The routing bias must be a finite number.")
-    return bias, k
+    return checked(check_reasoning, mode), checked(check_routing_bias, 0.0 if bias is None else bias)
 
 
 @gpu
 def stream_walkthrough(services: Services, task_name: str, text, image, instruction, mode: str, bias: float,
                        k: int, qid: str | None = None, top: int = TOP
-                       ) -> Iterator[FirstStep | CotDelta | WalkthroughView]:
+                       ) -> Iterator[PromptStep | CotDelta | WalkthroughView]:
     """Yield the first step, the CoT as it is generated, then the full view; UserError for bad input."""
-    bias, k = _check_inputs(services, mode, bias, k)
+    mode, bias = _check_inputs(services, mode, bias)
     task, query = make_query(services, task_name, text, image, instruction, qid)
-    k = max(1, min(k, len(task.pool)))
+    k = top_k(k, task)
     try:
         with services.model_lock:
             for event in stream_explain(services.encoder, query, mode, bias, top):
@@ -437,10 +430,10 @@ def run_walkthrough(services: Services, task_name, instruction, text, image, mod
     """The UI handler: output values as they become known; bad input becomes a gr.Error."""
     skip = gr.skip()
     so_far = ""
-    first: FirstStep | None = None
+    first: PromptStep | None = None
     try:
         for event in stream_walkthrough(services, task_name, text, image, instruction, mode, bias, k, qid or None):
-            if isinstance(event, FirstStep):
+            if isinstance(event, PromptStep):
                 first = event
                 waiting = ("### Step 3 · The chain of thought\n*The model is writing…*" if event.route == "reason"
                            else "### Step 3 · The chain of thought\n*No chain of thought: embedding at once…*")
@@ -474,7 +467,7 @@ def build_walkthrough_tab(services: Services) -> None:
             instruction = gr.Textbox(tasks[first_task].instructions[0], label="Instruction (editable)", lines=2)
             text = gr.Textbox(label="Query text", lines=2)
             image = gr.Image(type="pil", label="Query image", height=160)
-            mode = gr.Radio(list(MODES), value="auto", label="Reasoning",
+            mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning",
                             info="auto: the model decides · always: it must think first · never: it embeds at once")
             bias = gr.Slider(-10, 10, value=0.0, step=0.25, label="Routing bias",
                              info=f"added to the {services.encoder.style.emb_token} logit: > 0 favours embedding "

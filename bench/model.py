@@ -17,7 +17,7 @@ import torch
 
 from bench.common import alternate, timed
 from trace_core.embed_pool import to_candidate, to_query
-from trace_core.encoder import TraceEncoder
+from trace_core.encoder import Encoder
 from trace_core.mbeir import discover_pairs, load_pair, read_cot_labels, read_instructions
 
 
@@ -33,7 +33,7 @@ def _queries(root: Path, name: str, n: int, route: str | None = None):
     return [to_query(q, root, prompt) for q in queries[:n]], [to_candidate(c, root) for c in pool[:n]]
 
 
-def run(encoder: TraceEncoder, root: Path, n: int, repeats: int, bs: int) -> dict:
+def run(encoder: Encoder, root: Path, n: int, repeats: int, bs: int) -> dict:
     bb = encoder.backbone
     simple, cands = _queries(root, "emoji_task0", n)  # text -> emoji, labelled direct
     complex_, _ = _queries(root, "emoji_task2", n, route="reason")  # edits whose target is not written out

@@ -49,7 +49,7 @@ def pattern_image(tmp_path):
 
 
 def test_load_model_returns_the_baseline_and_its_fingerprint(enc):
-    assert isinstance(enc, BridgeEncoder)
+    assert isinstance(enc, BridgeEncoder) and isinstance(enc, trace_core.Encoder)  # the encoder interface
     fp = enc.fingerprint
     assert fp["model_id"] == "minilm-bridge" and fp["style"] == "dual-encoder" and fp["dim"] == 384
     assert set(fp) == {"model_id", "revision", "style", "prompt_hash", "candidate_prompt_hash", "dim"}

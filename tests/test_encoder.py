@@ -258,3 +258,78 @@ def test_emb_margin_decides_the_route_for_any_bias(encoder):
     for bias in np.linspace(margins.min() - 0.1, margins.max() + 0.1, 5):
         routes = [r.route for r in encoder.encode_queries(queries, routing_bias=float(-bias))]
         assert routes == ["direct" if m - bias > 0 else "reason" for m in margins]
+
+
+# ------------------------------------------------------------------------------------------ decide_route
+EMB, STOP = 5, 7  # token ids in a hand-made vocabulary of 8
+
+
+def _logits(**by_id: float) -> torch.Tensor:
+    """Logits [8]: 0 everywhere but the given ids (`t3=2.0` sets token 3)."""
+    x = torch.zeros(8)
+    for name, value in by_id.items():
+        x[int(name[1:])] = value
+    return x
+
+
+def test_decide_route_bias_moves_the_decision_exactly_at_the_margin():
+    from trace_core.encoder import decide_route, prefers_direct
+
+    logits = _logits(t5=1.5, t2=4.0, t7=9.0)  # <|emb|> 1.5; best ordinary token 2 at 4.0; a stop at 9.0
+    first = decide_route(logits, EMB, {STOP}, "auto", 0.0)
+    assert first.margin == pytest.approx(-2.5) and first.best_other.token_id == 2
+    assert first.route == "reason" and not first.prefers_direct and first.first_token == 2  # the stop is masked
+    assert first.emb_rank == 3 and first.top[0].token_id == STOP  # the display keeps the unmasked ranking
+    assert first.p_emb == pytest.approx(float(torch.softmax(logits, -1)[EMB]))
+    for bias, route in [(2.5 + 1e-4, "direct"), (2.5, "reason"), (2.5 - 1e-4, "reason")]:  # a tie reasons
+        step = decide_route(logits, EMB, {STOP}, "auto", bias)
+        assert step.route == route and step.prefers_direct == prefers_direct(step.margin, bias)
+        assert step.p_emb == first.p_emb and step.margin == first.margin  # read before the bias
+    assert decide_route(logits, EMB, {STOP}, "auto", 3.0).first_token == EMB
+    # the rule replays on arrays of stored margins (analysis.difficulty.bias_sweep)
+    assert list(prefers_direct(np.array([-1.0, 0.0, 1.0]), 0.0)) == [False, False, True]
+
+
+def test_decide_route_modes_override_the_model():
+    from trace_core.encoder import decide_route
+
+    sure = _logits(t5=10.0)  # the model wants to embed at once
+    unsure = _logits(t5=-10.0, t3=1.0)
+    assert decide_route(sure, EMB, {STOP}, "always").route == "reason"
+    assert decide_route(sure, EMB, {STOP}, "always", routing_bias=1e6).route == "reason"
+    assert decide_route(unsure, EMB, {STOP}, "never").route == "direct"
+    assert decide_route(unsure, EMB, {STOP}, "never", routing_bias=-1e6).route == "direct"
+    # a style that cannot reason is direct whatever the mode; the model's preference is still recorded
+    step = decide_route(unsure, EMB, {STOP}, "always", can_reason=False)
+    assert step.route == "direct" and not step.prefers_direct
+    assert decide_route(sure, EMB, {STOP}, "always").first_token != EMB
+
+
+def test_decide_route_ties_and_ranks():
+    from trace_core.encoder import decide_route
+
+    tie = _logits(t1=2.0, t4=2.0, t5=2.0)  # three tokens share the top logit
+    step = decide_route(tie, EMB, {STOP}, "auto", top=8)
+    assert step.margin == 0.0 and step.route == "reason"  # a tie is not a win for <|emb|>
+    assert step.best_other.token_id == 1  # among equal logits the lowest id, as argmax and a stable sort
+    assert [t.token_id for t in step.top[:3]] == [1, 4, 5] and [t.rank for t in step.top] == list(range(1, 9))
+    assert step.emb_rank == 3 and step.top[2].token_id == EMB
+    assert len(decide_route(tie, EMB, {STOP}, top=0).top) == 0 and len(step.top) == step.vocab_size == 8
+    with pytest.raises(InputError, match="reasoning must be one of auto, always, never"):
+        decide_route(tie, EMB, {STOP}, "sometimes")
+    with pytest.raises(InputError, match="finite"):
+        decide_route(tie, EMB, {STOP}, "auto", float("nan"))
+
+
+def test_query_results_carry_the_encoders_first_step(encoder):
+    assert isinstance(encoder, trace_core.Encoder)
+    queries = _queries()[:3]
+    for r in encoder.encode_queries(queries, reasoning="auto"):
+        step = r.first_step
+        assert step is not None and step.route == r.route and step.p_emb == r.p_emb and step.margin == r.emb_margin
+        assert len(step.top) == EncoderConfig().top_tokens
+        if r.route == "reason":
+            assert r.cot_token_ids[0] == step.best_other.token_id
+    events = list(encoder.stream_query(queries[0], "always", first_step=True, top_tokens=3))
+    assert events[0].route == "reason" and len(events[0].top) == 3 and events[-1].first_step is events[0]
+    assert not any(type(e).__name__ == "FirstStep" for e in encoder.stream_query(queries[0], "never"))

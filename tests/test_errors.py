@@ -182,7 +182,7 @@ def test_unknown_view_k_and_missing_counterfactual():
     t = _hand_table()
     with pytest.raises(ValueError, match="unknown view 'nonsense'.*failures only"):
         filter_errors(t, "nonsense", None, 5)
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match="k must be a whole number >= 1"):
         filter_errors(t, "all", None, 0)
     plain = t.drop(columns=["gold_rank_always"])
     assert "skipped but reasoning would have helped" not in available_views(plain)

@@ -75,7 +75,7 @@ def test_flat_search_matches_brute_force(pool, flat):
     queries = unit_vectors(20, seed=3)
     scores, found = flat.search(queries, 10)
     want_scores, want_rows = exact_topk(queries, emb, 10)
-    assert flat.manifest.kind == "flat" and isinstance(flat.faiss_index, faiss.IndexFlatIP)
+    assert flat.manifest.kind == "flat" and flat.faiss_index is None  # exact search is numpy alone
     assert scores.shape == (20, 10) and scores.dtype == np.float32
     np.testing.assert_allclose(scores, want_scores, atol=1e-5)
     assert found == [[ids[j] for j in row] for row in want_rows]
@@ -120,6 +120,32 @@ def test_ranks_of_matches_rank_of(pool, flat):
         assert rank == want_rank == exact_rank(q, emb, ids.index(did))
         assert score == pytest.approx(want_score, abs=1e-6)
     assert ranks.max() > 1000  # random targets land deep in the ranking, not just in the top-k
+
+
+def test_positive_and_gold_ranks_are_the_best_exact_rank_of_any_positive(pool, flat):
+    ids, emb = pool
+    queries = unit_vectors(4, seed=21)
+    positives = [{ids[10], ids[20], "9:not-in-pool"}, set(), {"9:not-in-pool"}, {ids[7]}]
+    found = flat.positive_ranks(queries, positives)
+    assert [len(f) for f in found] == [2, 0, 0, 1]
+    for q, f in zip(queries, found, strict=True):
+        assert [r for _, r, _ in f] == sorted(r for _, r, _ in f)
+        for did, rank, score in f:
+            assert (rank, score) == (flat.rank_of(q, did)[0], pytest.approx(flat.rank_of(q, did)[1], abs=1e-5))
+    ranks, scores, dids = flat.gold_ranks(queries, positives)
+    assert dids == [found[0][0][0], None, None, ids[7]]
+    assert ranks[0] == min(flat.rank_of(queries[0], d)[0] for d in (ids[10], ids[20]))
+    assert np.isnan(ranks[1]) and np.isnan(scores[2]) and ranks[3] == exact_rank(queries[3], emb, 7)
+    # a tie in rank goes to the smaller did
+    twin = CandidateIndex.build(["9:b", "9:a", "9:c"], np.eye(3, DIM, dtype=np.float32)[[0, 0, 1]], model_id=MODEL)
+    assert twin.gold_ranks(np.eye(1, DIM, dtype=np.float32), [{"9:b", "9:a"}])[2] == ["9:a"]
+
+
+def test_k_is_checked_with_one_message(flat):
+    for bad in (0, -1, 2.5, "x", None, True):
+        with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+            flat.search(unit_vectors(1), bad)
+    assert flat.search(unit_vectors(1), 3.0)[0].shape == (1, 3)  # a slider's float that holds a whole number
 
 
 def test_rank_of_unknown_did(flat):
@@ -224,12 +250,7 @@ def test_manifest_roundtrip_and_compatible(flat):
 # ---------------------------------------------------------------------- persistence
 def test_save_load_roundtrip(flat, tmp_path):
     flat.save(tmp_path / "idx")
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
-        "embeddings.npy",
-        "ids.json",
-        "index.faiss",
-        "manifest.json",
-    ]
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["embeddings.npy", "ids.json", "manifest.json"]
     loaded = CandidateIndex.load(tmp_path / "idx", expected=flat.manifest)
     assert loaded.manifest == flat.manifest and loaded.ids == flat.ids
     queries = unit_vectors(10, seed=11)
@@ -247,6 +268,7 @@ def test_hnsw_save_load_roundtrip(hnsw_pool, tmp_path):
     assert (
         loaded.manifest.kind == "hnsw" and loaded.faiss_index.hnsw.efSearch == index.faiss_index.hnsw.efSearch
     )
+    assert "index.faiss" in {p.name for p in (tmp_path / "h").iterdir()}
     queries = unit_vectors(5, seed=12)
     assert loaded.search(queries, 10)[1] == index.search(queries, 10)[1]
 
@@ -290,8 +312,9 @@ def test_truncated_embeddings_detected(flat, tmp_path):
         CandidateIndex.load(tmp_path / "idx")
 
 
-def test_corrupted_faiss_file_detected(flat, tmp_path):
-    flat.save(tmp_path / "idx")
+def test_corrupted_faiss_file_detected(tmp_path):
+    CandidateIndex.build(pool_ids(50), unit_vectors(50), model_id=MODEL, config=IndexConfig(approximate_above=10)
+                         ).save(tmp_path / "idx")
     path = tmp_path / "idx" / "index.faiss"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one flipped byte
@@ -311,7 +334,10 @@ def test_unreadable_manifest_detected(flat, tmp_path):
 def test_failed_save_keeps_previous_index(flat, tmp_path, monkeypatch, failing):
     target = tmp_path / "idx"
     flat.save(target)
-    newer = CandidateIndex.build(pool_ids(10), unit_vectors(10), model_id="newer")
+    # the faiss file exists only for an approximate index
+    approximate_above = 0 if failing.startswith("faiss") else IndexConfig.approximate_above
+    newer = CandidateIndex.build(pool_ids(10), unit_vectors(10), model_id="newer",
+                                 config=IndexConfig(approximate_above=approximate_above))
 
     def boom(*args, **kwargs):
         raise OSError("No space left on device")
@@ -330,14 +356,15 @@ def test_failed_save_keeps_previous_index(flat, tmp_path, monkeypatch, failing):
 def test_failed_swap_restores_previous_index(flat, tmp_path, monkeypatch):
     target = tmp_path / "idx"
     flat.save(target)
-    real_rename = os.rename
+    real_replace = os.replace
 
-    def rename(src, dst):
-        if ".tmp-" in Path(src).name:  # the new directory moving into place
+    def replace(src, dst):
+        name = Path(src).name
+        if ".tmp-" in name and not name.endswith(".old") and Path(dst) == target:  # the new one moving in
             raise OSError("simulated crash while renaming into place")
-        real_rename(src, dst)
+        real_replace(src, dst)
 
-    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(OSError, match="simulated crash"):
         CandidateIndex.build(pool_ids(10), unit_vectors(10), model_id="newer").save(target)
     monkeypatch.undo()

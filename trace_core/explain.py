@@ -1,11 +1,10 @@
 """One query taken apart step by step, through the encoder's own code paths (the app's Walkthrough tab).
 
-`explain_query` renders the prompt with `TraceEncoder.render_query`, lists its tokens with `Backbone.tokenize`
-(images expanded), runs one `Backbone.prefill` to read the first-step logits (the routing decision, exactly as
-`TraceEncoder._run` takes it), then gets the real `QueryResult` from `TraceEncoder.encode_queries` (or
-`stream_query` in `stream_explain`), so the CoT, route and embedding are the encoder's and not a copy of them.
-What it adds is bookkeeping: the top next tokens and their probabilities, `<|emb|>`'s rank, and which position's
-hidden state became the embedding.
+`stream_explain` runs `TraceEncoder.stream_query(..., first_step=True)`: the encoder's own `FirstStep` (the
+routing decision of `decide_route`, read off its prefill, never recomputed here), then the CoT as it streams,
+then the real `QueryResult`. What this module adds is bookkeeping for a reader: the prompt and its tokens
+(`Backbone.tokenize`, images expanded), the strings of the top next tokens, and which position's hidden state
+became the embedding.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .encoder import REASONING_MODES, TraceEncoder
-from .records import CotDelta, InputError, Query, QueryResult, ReasoningMode, Route
+from .encoder import TraceEncoder
+from .records import CotDelta, FirstStep, InputError, Query, QueryResult, ReasoningMode, Route, TokenScore
 
 # Token strings that stand for one image token in `Backbone.tokenize` (TRACE-mini, Qwen-VL): display only.
 IMAGE_TOKENS = frozenset({"<image>", "<|image_pad|>"})
@@ -26,7 +24,7 @@ EMBEDDING_HEAD = 8  # how many leading embedding values a walkthrough keeps
 
 @dataclass(frozen=True)
 class TokenProb:
-    """One candidate for the first generated token."""
+    """One candidate for the first generated token, with its string."""
 
     rank: int  # 1 = most likely, over the full vocabulary
     token_id: int
@@ -38,28 +36,21 @@ class TokenProb:
 
 
 @dataclass(frozen=True)
-class FirstStep:
-    """The prompt and the first-step decision, from one prefill."""
+class PromptStep:
+    """The prompt as the model reads it and the encoder's first step on it, with token strings for display."""
 
     query: Query
     prompt: str  # rendered prompt text (image placeholders not expanded)
     n_images: int
     tokens: tuple[str, ...]  # the prompt as the model reads it (images expanded)
-    vocab_size: int  # V: the number of logits
-    top: tuple[TokenProb, ...]  # the most likely next tokens, descending
-    emb_token: str
-    emb_token_id: int
-    emb_rank: int  # rank of `<|emb|>` among all V tokens (1 = the model's own first choice)
-    p_emb: float  # P(<|emb|>) at the first step, before any bias
-    emb_logit: float
-    best_other: TokenProb  # best token that is neither `<|emb|>` nor a stop: the CoT's first token if it reasons
-    margin: float  # emb_logit - best_other.logit: the route is direct (in auto) exactly when margin + bias > 0
-    routing_bias: float
-    reasoning: ReasoningMode
-    can_reason: bool  # False for prompt styles that never write a CoT
-    prefers_direct: bool  # `<|emb|>` wins the (biased, stop-masked) first step
-    route: Route  # the route after the reasoning mode
-    why: str  # the decision in one plain sentence
+    step: FirstStep  # the encoder's own record of the routing decision
+    top: tuple[TokenProb, ...]  # `step.top` with strings
+    best_other: TokenProb  # `step.best_other` with its string: the CoT's first token if it reasons
+    emb_token: str  # the string of `<|emb|>` in this prompt style
+
+    @property
+    def route(self) -> Route:
+        return self.step.route
 
     @property
     def prompt_length(self) -> int:
@@ -74,7 +65,7 @@ class FirstStep:
 class Walkthrough:
     """Everything a teaching walkthrough shows for one query."""
 
-    first: FirstStep
+    first: PromptStep
     result: QueryResult  # the encoder's own result for the query
     pooling: str  # "pre_token" or "emb_token" (PromptStyle.pooling)
     cot_token_texts: tuple[str, ...]  # the generated CoT tokens as strings
@@ -93,7 +84,7 @@ class Walkthrough:
 
     @property
     def p_emb(self) -> float:
-        return self.first.p_emb
+        return self.first.step.p_emb
 
     @property
     def embedding(self) -> np.ndarray:
@@ -123,80 +114,31 @@ def _token_text(encoder: TraceEncoder, token_id: int) -> str:
     return text if text else f"<id {token_id}>"
 
 
-def _check(reasoning: str, routing_bias: float, top: int) -> None:
-    if reasoning not in REASONING_MODES:
-        raise InputError(f"reasoning must be one of {REASONING_MODES}, not {reasoning!r}")
-    if not np.isfinite(routing_bias):
-        raise InputError("routing_bias must be a finite number")
-    if int(top) < 1:
-        raise InputError("top must be at least 1")
-
-
-@torch.inference_mode()
-def first_step(encoder: TraceEncoder, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0,
-               top: int = 10) -> FirstStep:
-    """Render the prompt, tokenize it, and read the first-step decision off one prefill (as `_run` does)."""
-    _check(reasoning, routing_bias, top)
-    bb, emb = encoder.backbone, encoder.backbone.emb_token_id
+def _prompt_step(encoder: TraceEncoder, query: Query, step: FirstStep) -> PromptStep:
+    """The encoder's first step with the prompt, its tokens and the token strings."""
+    bb = encoder.backbone
     prompt = encoder.render_query(query)
-    tokens = tuple(bb.tokenize(prompt))
-    logits = bb.prefill([prompt], with_logits=True).logits[0].float()  # [V]
-    probs = torch.softmax(logits, dim=-1)
-    stops = sorted(bb.stop_token_ids)
 
-    def choice(rank: int, tid: int) -> TokenProb:
-        return TokenProb(rank, tid, _token_text(encoder, tid), float(probs[tid]), float(logits[tid]), tid == emb,
-                         tid in bb.stop_token_ids)
+    def shown(t: TokenScore) -> TokenProb:
+        return TokenProb(t.rank, t.token_id, _token_text(encoder, t.token_id), t.prob, t.logit,
+                         t.token_id == step.emb_token_id, t.token_id in bb.stop_token_ids)
 
-    order = torch.argsort(logits, descending=True, stable=True)
-    n = min(int(top), logits.shape[0])
-    top_list = tuple(choice(r, int(t)) for r, t in enumerate(order[:n].tolist(), start=1))
-    emb_rank = int((order == emb).nonzero()[0, 0]) + 1
-
-    # The decision, as TraceEncoder._run takes it.
-    first = logits.clone()
-    first[emb] += routing_bias
-    first[stops] = -torch.inf
-    if reasoning == "always":
-        first[emb] = -torch.inf
-    others = logits.clone()
-    others[[emb, *stops]] = -torch.inf
-    best = int(others.argmax())
-    margin = float(logits[emb] - others[best])
-    prefers_direct = int(first.argmax()) == emb
-    can_reason = encoder.style.can_reason
-    if reasoning == "never" or not can_reason:
-        route: Route = "direct"
-    elif reasoning == "always":
-        route = "reason"
-    else:
-        route = "direct" if prefers_direct else "reason"
-
-    emb_text = encoder.style.emb_token
-    best_tok = choice(int((order == best).nonzero()[0, 0]) + 1, best)
-    score = f"margin {margin:+.2f} + bias {routing_bias:+.2f} = {margin + routing_bias:+.2f}"
-    if not can_reason:
-        why = f"This prompt style never reasons: every query is embedded at once ({score})."
-    elif reasoning == "never":
-        why = (f"Reasoning is switched off ('never'): the query is embedded at once, whatever the model prefers "
-               f"({score}).")
-    elif reasoning == "always":
-        why = (f"Reasoning is forced ('always'): {emb_text} is forbidden at the first step, so the model starts its "
-               f"chain of thought with {best_tok.text!r} ({score}).")
-    elif prefers_direct:
-        why = f"{emb_text} wins the first step ({score} > 0): the query is embedded at once."
-    else:
-        why = (f"{best_tok.text!r} beats {emb_text} ({score} <= 0): the model starts a chain of thought before "
-               "embedding.")
-    return FirstStep(
-        query=query, prompt=prompt.text, n_images=len(prompt.images), tokens=tokens, vocab_size=int(logits.shape[0]),
-        top=top_list, emb_token=emb_text, emb_token_id=emb, emb_rank=emb_rank, p_emb=float(probs[emb]),
-        emb_logit=float(logits[emb]), best_other=best_tok, margin=margin, routing_bias=float(routing_bias),
-        reasoning=reasoning, can_reason=can_reason, prefers_direct=prefers_direct, route=route, why=why,
-    )
+    return PromptStep(query=query, prompt=prompt.text, n_images=len(prompt.images),
+                      tokens=tuple(bb.tokenize(prompt)), step=step, top=tuple(shown(t) for t in step.top),
+                      best_other=shown(step.best_other), emb_token=encoder.style.emb_token)
 
 
-def pooled_position(first: FirstStep, result: QueryResult, pooling: str) -> tuple[int, str]:
+def first_step(encoder: TraceEncoder, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0,
+               top: int = 10) -> PromptStep:
+    """The prompt and the encoder's first step (its prefill only: no CoT is generated)."""
+    events = stream_explain(encoder, query, reasoning, routing_bias, top)
+    try:
+        return next(events)  # type: ignore[return-value]  # the first event is the PromptStep
+    finally:
+        events.close()  # the decoding loop stops here
+
+
+def pooled_position(first: PromptStep, result: QueryResult, pooling: str) -> tuple[int, str]:
     """Index of the position whose hidden state is the embedding, and what it is.
 
     Positions run over the prompt, then the CoT, then `<|emb|>`. Pre-token pooling keeps the last token fed
@@ -210,7 +152,7 @@ def pooled_position(first: FirstStep, result: QueryResult, pooling: str) -> tupl
     return n - 1, "last CoT token" if result.cot_tokens else "last prompt token"
 
 
-def _walkthrough(encoder: TraceEncoder, first: FirstStep, result: QueryResult) -> Walkthrough:
+def _walkthrough(encoder: TraceEncoder, first: PromptStep, result: QueryResult) -> Walkthrough:
     cot = tuple(_token_text(encoder, t) for t in result.cot_token_ids)
     pooling = encoder.style.pooling
     index, kind = pooled_position(first, result, pooling)
@@ -226,22 +168,24 @@ def _walkthrough(encoder: TraceEncoder, first: FirstStep, result: QueryResult) -
 
 def explain_query(encoder: TraceEncoder, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0,
                   top: int = 10) -> Walkthrough:
-    """The walkthrough of one query: first-step decision from a prefill, then the encoder's own result."""
-    first = first_step(encoder, query, reasoning, routing_bias, top)
-    [result] = encoder.encode_queries([query], reasoning=reasoning, routing_bias=routing_bias)
-    return _walkthrough(encoder, first, result)
+    """The walkthrough of one query: the encoder's first step and result, taken apart."""
+    *_, walk = stream_explain(encoder, query, reasoning, routing_bias, top)
+    return walk
 
 
 def stream_explain(encoder: TraceEncoder, query: Query, reasoning: ReasoningMode = "auto",
-                   routing_bias: float = 0.0, top: int = 10) -> Iterator[FirstStep | CotDelta | Walkthrough]:
-    """Yield the `FirstStep`, then the CoT as `CotDelta`s while `stream_query` generates it, then the walkthrough."""
-    first = first_step(encoder, query, reasoning, routing_bias, top)
-    yield first
-    result: QueryResult | None = None
-    for event in encoder.stream_query(query, reasoning=reasoning, routing_bias=routing_bias):
-        if isinstance(event, CotDelta):
+                   routing_bias: float = 0.0, top: int = 10) -> Iterator[PromptStep | CotDelta | Walkthrough]:
+    """Yield the `PromptStep`, then the CoT as `CotDelta`s while `stream_query` generates it, then the
+    `Walkthrough`."""
+    if int(top) < 1:
+        raise InputError("top must be at least 1")
+    first: PromptStep | None = None
+    for event in encoder.stream_query(query, reasoning, routing_bias, first_step=True, top_tokens=int(top)):
+        if isinstance(event, FirstStep):
+            first = _prompt_step(encoder, query, event)
+            yield first
+        elif isinstance(event, CotDelta):
             yield event
         else:
-            result = event
-    assert result is not None  # stream_query always ends with the result
-    yield _walkthrough(encoder, first, result)
+            assert first is not None  # stream_query yields the first step before anything else
+            yield _walkthrough(encoder, first, event)

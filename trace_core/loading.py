@@ -1,4 +1,4 @@
-"""`load_model`: a name or path in, a ready `TraceEncoder` out.
+"""`load_model`: a name or path in, a ready `Encoder` out (a `TraceEncoder`, or the minilm-bridge baseline).
 
 What a path holds decides the backbone: a TRACE-mini checkpoint (config.json with model_type "trace_mini")
 or a Qwen2-VL / Qwen2.5-VL checkpoint, which loads through transformers. Weights load from safetensors only, and remote code runs only when asked for.
@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from .encoder import EncoderConfig, TraceEncoder
+from .encoder import Encoder, EncoderConfig, TraceEncoder
 from .prompts import STYLES, PromptStyle
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def load_model(
     device: str | None = None,
     config: EncoderConfig = EncoderConfig(),
     trust_remote_code: bool = False,
-) -> TraceEncoder:
+) -> Encoder:
     """Load an encoder from a local checkpoint directory (or a hub id when the network allows it).
 
     style: a name from `trace_core.prompts.STYLES` or a `PromptStyle`; by default the checkpoint's own

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 
+from .records import check_k
+
 logger = logging.getLogger(__name__)
 
 # Headline cut-off per M-BEIR dataset (lower-case name as in the file names).
@@ -35,21 +37,16 @@ DEFAULT_HEADLINE_K = 5
 HEADLINE = "headline"
 
 
-def _check_k(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-
-
 def hit_at_k(ranked_ids: Sequence[str], positives: Collection[str], k: int) -> float:
     """1.0 if any positive is among the first k ranked ids, else 0.0 (no positives: 0.0, as in UniIR)."""
-    _check_k(k)
+    k = check_k(k)
     pos = positives if isinstance(positives, set | frozenset | Mapping) else set(positives)
     return 1.0 if any(did in pos for did in ranked_ids[:k]) else 0.0
 
 
 def recall_at_k(ranked: Sequence[Sequence[str]], positives: Sequence[Collection[str]], k: int) -> float:
     """Mean of ``hit_at_k`` over queries; ``ranked[i]`` and ``positives[i]`` belong to query i."""
-    _check_k(k)
+    k = check_k(k)
     if len(ranked) != len(positives):
         raise ValueError(f"{len(ranked)} rankings but {len(positives)} positive sets")
     if not ranked:

