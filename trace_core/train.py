@@ -40,7 +40,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import atomic_file
 from .backbones.base import Backbone, RenderedPrompt
 from .encoder import EncoderConfig, TraceEncoder
 from .mbeir import (
@@ -480,16 +480,18 @@ class Trainer:
             "order": self._order,
             "config": dataclasses.asdict(self.cfg),
         }
-        target = self.out / "checkpoint.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_file(self.out / "checkpoint.pt", lambda tmp: torch.save(state, tmp))
         self.model.export(self.out / "model", self.style)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log records of steps after the checkpoint: the resumed run writes them again."""
+        log_file = self.out / "train_log.jsonl"
+        if not log_file.is_file():
+            return
+        lines = log_file.read_text().splitlines(keepends=True)
+        keep = [x for x in lines if x.strip() and json.loads(x)["step"] <= step]
+        if len(keep) != len(lines):
+            atomic_file(log_file, lambda tmp: Path(tmp).write_text("".join(keep)))
 
     def resume(self) -> bool:
         path = self.out / "checkpoint.pt"
@@ -504,6 +506,7 @@ class Trainer:
         self.rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])
         self._cursor, self._order, self.step = state["cursor"], state["order"], state["step"]
+        self._truncate_log(self.step)
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
