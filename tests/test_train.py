@@ -10,7 +10,6 @@ import torch
 
 import trace_core
 from tests.mbeir_fixture import build_fixture
-from tests.tiny_mini import tiny_lm
 from trace_core.backbones.mini import MiniConfig, TraceMini
 from trace_core.prompts import TRACE_STYLE
 from trace_core.train import TrainConfig, Trainer, load_examples, main
@@ -31,16 +30,6 @@ def _label(fx: dict) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return _label(build_fixture(tmp_path_factory.mktemp("mbeir")))
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    lm, tok = tiny_lm()
-    path = tmp_path_factory.mktemp("lm") / "lm"
-    lm.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _mini(lm_dir: Path) -> TraceMini:

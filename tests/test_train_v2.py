@@ -13,7 +13,6 @@ from peft.tuners.lora import LoraLayer
 
 from tests.mbeir_fixture import build_fixture
 from tests.test_train import COT, _label, _mini
-from tests.tiny_mini import tiny_lm
 from trace_core.prompts import TRACE_STYLE
 from trace_core.records import Candidate, Query
 from trace_core.train import (
@@ -55,16 +54,6 @@ def _v2(fx: dict) -> Path:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return _v2(build_fixture(tmp_path_factory.mktemp("mbeir")))
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    lm, tok = tiny_lm()
-    path = tmp_path_factory.mktemp("lm") / "lm"
-    lm.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _by_qid(examples: list[Example]) -> dict[str, Example]:
