@@ -849,6 +849,10 @@ def test_filter_rejects_duplicates() -> None:
     assert teacher.filter_cot(raw, "x y", "man pilot", ["dark"], seen=seen)[0]
     ok, reason = teacher.filter_cot(raw, "x y", "man pilot", ["dark"], seen=seen)
     assert not ok and reason == "duplicate"
+    # deduplication is per sample: another question may share the CoT, the same question twice may not
+    assert teacher.filter_cot(raw, "x y", "man pilot", ["dark"], seen=seen, query="darker please")[0]
+    ok, reason = teacher.filter_cot(raw, "x y", "man pilot", ["dark"], seen=seen, query="darker please")
+    assert not ok and reason == "duplicate"
 
 
 # ----------------------------------------------------------------------------------------------------

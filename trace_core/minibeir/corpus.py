@@ -165,16 +165,11 @@ class CotMaker:
         source_caption: str | None = None,
         query: str = "",
     ) -> str | None:
-        """A filtered CoT for one query, or None. Deduplication is per sample (query text + CoT), as in the
-        paper: two different questions about the same item may share a CoT; the same question twice may not."""
+        """A filtered CoT for one query (the query's text keys the deduplication), or None."""
         for attempt in range(6):
             out = gen(rng_for(self.seed, "cot", salt, attempt))
-            ok, reason = teacher.filter_cot(out.raw, gold, source_caption, out.keywords)
-            key = f"{query}\n{teacher.strip_tags(out.raw)}" if ok else ""
-            if ok and key in self.seen:
-                ok, reason = False, "duplicate"
+            ok, reason = teacher.filter_cot(out.raw, gold, source_caption, out.keywords, seen=self.seen, query=query)
             if ok:
-                self.seen.add(key)
                 return teacher.strip_tags(out.raw)
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return None

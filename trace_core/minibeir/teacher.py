@@ -84,14 +84,16 @@ def filter_cot(
     keywords: Iterable[str],
     *,
     seen: set[str] | None = None,
+    query: str = "",
 ) -> tuple[bool, str]:
     """The paper's rule filters on one teacher output; returns (kept, reason), reason "ok" when kept.
 
     ``cot`` is the raw teacher output with its tags; ``answer`` is the gold target description the CoT must
     lead to; ``source_caption`` is the caption of a composed query's reference item (None otherwise);
     ``keywords`` are salient words of the instruction or target, at least one of which the answer sentence
-    must contain (``answer``'s words are used when none are given). ``seen`` holds normalised CoTs kept so
-    far across the corpus: a duplicate is rejected and a kept CoT is added.
+    must contain (``answer``'s words are used when none are given). ``seen`` holds the normalised samples
+    (``query`` text + CoT) kept so far across the corpus: a duplicate is rejected and a kept one is added. As in
+    the paper, deduplication is per sample: two questions about the same item may share a CoT.
     """
     if len(_TAG_RE.findall(cot)) != 4 or _PAIR_RE.match(cot) is None:
         return False, "not exactly one reasoning/answer tag pair"
@@ -120,7 +122,7 @@ def filter_cot(
     if source_caption is not None and _content_words(ans) == _content_words(source_caption):
         return False, "composed answer equals the source caption"
     if seen is not None:
-        key = " ".join(_words(full))
+        key = f"{query}\n{' '.join(_words(full))}"
         if key in seen:
             return False, "duplicate"
         seen.add(key)
