@@ -37,6 +37,22 @@ def _mini(lm_dir: Path) -> TraceMini:
     return TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64), lm_dir=lm_dir)
 
 
+def assert_resume_is_exact(lm_dir: Path, examples, cfg: TrainConfig, tmp: Path, until: int) -> None:
+    """Train straight to the end in tmp/a; in tmp/b stop at step `until`, resume from the last checkpoint and
+    finish: both runs end with the same weights."""
+    straight = Trainer(_mini(lm_dir), TRACE_STYLE, examples, tmp / "a", cfg)
+    straight.train(progress=False)
+    first = Trainer(_mini(lm_dir), TRACE_STYLE, examples, tmp / "b", cfg)
+    first.train(progress=False, until=until)
+    resumed = Trainer(_mini(lm_dir), TRACE_STYLE, examples, tmp / "b", cfg)
+    checkpoint = until - until % cfg.save_every
+    assert resumed.resume() and resumed.step == checkpoint
+    resumed.train(progress=False)
+    for (name, a), (_, b) in zip(straight.model.trainable_state().items(),
+                                 resumed.model.trainable_state().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_labels_are_read_and_checked(data, tmp_path):
     examples = load_examples(data)["mscoco_task0"]
     routes = {ex.query.qid: ex.cot for ex in examples}
@@ -79,17 +95,7 @@ def test_training_lowers_both_losses_and_learns_the_route(data, lm_dir, tmp_path
 def test_resume_continues_exactly(data, lm_dir, tmp_path):
     examples = load_examples(data)
     cfg = TrainConfig(steps=4, batch_size=3, lr=1e-3, warmup=1, save_every=2)
-    straight = Trainer(_mini(lm_dir), TRACE_STYLE, examples, tmp_path / "a", cfg)
-    straight.train(progress=False)
-
-    first = Trainer(_mini(lm_dir), TRACE_STYLE, examples, tmp_path / "b", cfg)
-    first.train(progress=False, until=2)  # interrupted after the checkpoint at step 2
-    resumed = Trainer(_mini(lm_dir), TRACE_STYLE, examples, tmp_path / "b", cfg)
-    assert resumed.resume() and resumed.step == 2
-    resumed.train(progress=False)
-    for (name, a), (_, b) in zip(straight.model.trainable_state().items(),
-                                 resumed.model.trainable_state().items(), strict=True):
-        torch.testing.assert_close(a, b, msg=name)
+    assert_resume_is_exact(lm_dir, examples, cfg, tmp_path, until=2)  # interrupted at its checkpoint
 
 
 def test_training_a_tiny_qwen2vl_through_the_cli(data, tiny_qwen_dir, tmp_path):
