@@ -171,9 +171,19 @@ def test_group_sampler_follows_the_weights():
     share = sum(rest.draw(rng)[0] == "image" for _ in range(n)) / n
     assert abs(share - 0.75) < 0.015
     assert parse_group_weights("text=1") == {"text": 1.0}
-    for bad in ("complex=0.4,video=0.6", "complex", "image=x", "text=-1"):
+    for bad in ("complex", "=1", "image=x", "text=-1"):
         with pytest.raises(ValueError, match="group_weights"):
             parse_group_weights(bad)
+    with pytest.raises(ValueError, match="neither groups"):
+        GroupSampler(examples, "complex=0.4,video=0.6")
+    # a named pair weighs relative to the other pairs of its group; the group's share is unchanged
+    tilted = GroupSampler(examples, "complex=0.5,image=0.5,cirr_task7=3")
+    rng = random.Random(2)
+    draws = Counter(tilted.draw(rng)[1] for _ in range(n))
+    assert abs(draws["cirr_task7"] / n - 0.375) < 0.015 and abs(draws["fiq_task7"] / n - 0.125) < 0.015
+    assert abs(draws["mscoco_task0"] / n - 0.25) < 0.015 and draws["webqa_task1"] == 0
+    with pytest.raises(ValueError, match="none of its pairs"):
+        GroupSampler(examples, "complex=1,cirr_task7=0,fiq_task7=0")
     with pytest.raises(ValueError, match="no weight"):
         GroupSampler(no_complex, "complex=1")
     assert _boolean("false") is False and _boolean("True") is True

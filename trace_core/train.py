@@ -164,15 +164,17 @@ GROUPS = ("complex", "image", "text")
 
 
 def parse_group_weights(spec: str) -> dict[str, float]:
-    """Parse "complex=0.40,image=0.45,text=0.15" into {"complex": 0.4, ...}; a group left out weighs 0."""
+    """Parse "complex=0.40,image=0.45,text=0.15,emoji_task8=2" into {"complex": 0.4, ...}. A group's weight is
+    its share of the steps (a group left out weighs 0); any other name is a pair, and its weight is relative to
+    the other pairs of its group (1 when not given). `GroupSampler` checks that the pairs exist."""
     weights: dict[str, float] = {}
     for part in spec.split(","):
         if not part.strip():
             continue
         name, sep, value = part.partition("=")
         name = name.strip()
-        if not sep or name not in GROUPS:
-            raise ValueError(f"group_weights: {part.strip()!r} is not <group>=<weight> with group in {GROUPS}")
+        if not sep or not name:
+            raise ValueError(f"group_weights: {part.strip()!r} is not <group or pair>=<weight> (groups: {GROUPS})")
         try:
             weight = float(value)
         except ValueError:
@@ -194,7 +196,8 @@ def pair_group(examples: Sequence[Example]) -> str:
 
 
 class GroupSampler:
-    """Chooses the pair of each batch: a group by weight, then one of its pairs uniformly.
+    """Chooses the pair of each batch: a group by weight, then one of its pairs by its relative weight
+    (uniformly unless the spec names pairs).
 
     Holds no state of its own: given the state of the RNG it draws with, the choice is fixed, so a resumed run
     (which restores the RNG) draws the pairs the uninterrupted run would have.
@@ -205,19 +208,30 @@ class GroupSampler:
         for pair in sorted(examples):
             self.pairs.setdefault(pair_group(examples[pair]), []).append(pair)
         weights = parse_group_weights(spec)
+        unknown = [n for n in weights if n not in GROUPS and n not in examples]
+        if unknown:
+            raise ValueError(f"group_weights: {unknown} are neither groups {GROUPS} nor pairs {sorted(examples)}")
         self.groups = [g for g in GROUPS if g in self.pairs]  # groups without a pair are dropped
         total = sum(weights.get(g, 0.0) for g in self.groups)
         if total <= 0:
             raise ValueError(f"group_weights {spec!r} gives no weight to any group with data: {self.pairs}")
         self.weights = [weights.get(g, 0.0) / total for g in self.groups]  # renormalised over those present
-        idle = [p for g in self.groups if weights.get(g, 0.0) == 0 for p in self.pairs[g]]
+        self.pair_weights = {g: [weights.get(p, 1.0) for p in self.pairs[g]] for g in self.groups}
+        for g in self.groups:
+            if weights.get(g, 0.0) > 0 and sum(self.pair_weights[g]) <= 0:
+                raise ValueError(f"group_weights {spec!r} gives the group {g} weight but none of its pairs")
+        idle = [p for g in self.groups for p, w in zip(self.pairs[g], self.pair_weights[g], strict=True)
+                if weights.get(g, 0.0) == 0 or w == 0]
         if idle:
             log.warning("group_weights %r never draws the pairs %s", spec, idle)
 
     def draw(self, rng: random.Random) -> tuple[str, str]:
         """(group, pair) for one batch."""
         group = rng.choices(self.groups, weights=self.weights)[0]
-        return group, rng.choice(self.pairs[group])
+        pairs, weights = self.pairs[group], self.pair_weights[group]
+        if len(set(weights)) == 1:
+            return group, rng.choice(pairs)  # uniform: the draw of runs made before pair weights existed
+        return group, rng.choices(pairs, weights=weights)[0]
 
 
 class _TrainingEncoder(TraceEncoder):
@@ -376,6 +390,11 @@ class Trainer:
         columns = self._columns(batch)
         c_prompts = [self._prompt(render_candidate(self.style, c, self.placeholder), c.image) for c in columns]
         fwd = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch], q_features)
+        if self.cfg.lambda_ret == 0 and self.cfg.lambda_direct == 0:  # CE only (the naming stage): no candidates
+            ce = fwd.ce_sum / max(fwd.n_tokens, 1)
+            zero = ce.new_zeros(()).detach()
+            return {"loss": self.cfg.lambda_gen * ce, "nce": zero, "ce": ce.detach(), "nce_direct": zero,
+                    "in_batch_acc": zero, "n_hard_neg": zero, "self_cot": zero}
         c = self.model.forward_train(c_prompts, None, self._features(columns)).pooled  # [B + K, H]
         q = fwd.pooled  # [B, H]
         reason = torch.tensor([ex.cot is not None for ex in batch])  # [B]
@@ -529,6 +548,19 @@ def build_model(base: str, init: str | None = None):
     return model, model.style
 
 
+def precompute_features(model, examples: dict[str, list[Example]], store: str | None = None) -> None:
+    """Run a frozen vision encoder (TRACE-mini) once over every training image; with `store`, features of
+    earlier runs are read from that file and the file is updated."""
+    if not hasattr(model, "precompute_features"):
+        return
+    if store is not None:
+        log.info("image features: %d read from %s", model.load_feature_store(store), store)
+    paths = [str(x.image) for exs in examples.values() for ex in exs
+             for x in (ex.query, ex.positive, *ex.negatives) if x.image is not None]
+    if model.precompute_features(paths) and store is not None:
+        model.save_feature_store(store)
+
+
 def _boolean(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
@@ -544,6 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", default="all")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--init", default=None, help="start from the weights of this TRACE-mini checkpoint")
+    parser.add_argument("--feature-store", default=None,
+                        help="file that keeps the frozen image features between runs (TRACE-mini)")
     for f in dataclasses.fields(TrainConfig):
         kind = _boolean if isinstance(f.default, bool) else type(f.default)  # bool("False") would be True
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
@@ -556,9 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         examples = load_examples(Path(args.data), "train", args.pairs)
         model, style = build_model(args.base, args.init)
-        if hasattr(model, "precompute_features"):  # frozen vision encoder: run it once over all images
-            model.precompute_features([str(x.image) for exs in examples.values() for ex in exs
-                                       for x in (ex.query, ex.positive, *ex.negatives) if x.image is not None])
+        precompute_features(model, examples, args.feature_store)
         trainer = Trainer(model, style, examples, Path(args.out), cfg)
         if args.resume:
             trainer.resume()

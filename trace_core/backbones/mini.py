@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,9 @@ class TraceMini(nn.Module):
             _make_readable(tmp)
         return directory
 
-    def precompute_features(self, paths: list[str], batch_size: int = 64, progress: bool = True) -> None:
-        """Run the frozen image encoder once over every training image; later steps only look them up."""
+    def precompute_features(self, paths: list[str], batch_size: int = 64, progress: bool = True) -> int:
+        """Run the frozen image encoder once over every training image; later steps only look them up.
+        Returns how many images were new."""
         todo = sorted({p for p in paths if p not in self._features})
         bar = None
         if progress and todo:
@@ -184,6 +186,41 @@ class TraceMini(nn.Module):
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
+        return len(todo)
+
+    def feature_store_key(self) -> str:
+        """What the cached features depend on: the frozen encoder and how images become features."""
+        c = self.config
+        return f"{c.vision}-{c.image_size}px-grid{c.image_grid}-colour{int(c.colour_token)}-hist{HIST_BINS}"
+
+    def load_feature_store(self, store: str | os.PathLike) -> int:
+        """Take cached features from a file written by `save_feature_store` (for this encoder setting); an
+        entry counts only while its image file keeps the size and modification time it had. Returns how many."""
+        store = Path(store)
+        if not store.is_file():
+            return 0
+        try:
+            saved = torch.load(store, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file: recompute rather than fail
+            warnings.warn(f"ignoring the feature store {store.name}: {type(exc).__name__}", stacklevel=2)
+            return 0
+        if not isinstance(saved, dict) or saved.get("key") != self.feature_store_key():
+            return 0
+        n = 0
+        for path, (stamp, feats) in saved["features"].items():
+            if path not in self._features and _file_stamp(path) == stamp:
+                self._features[path] = feats
+                n += 1
+        return n
+
+    def save_feature_store(self, store: str | os.PathLike) -> None:
+        """Write every cached feature (with its image file's stamp) to one file, atomically."""
+        from ..atomic import atomic_file
+
+        features = {p: (_file_stamp(p), f) for p, f in self._features.items() if Path(p).is_file()}
+        state = {"key": self.feature_store_key(), "features": features}
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+        atomic_file(store, lambda tmp: torch.save(state, tmp))
 
     def feature_cache(self, path: str) -> torch.Tensor:
         """Frozen features [vision_dim, g, g] of an image file, computed once."""
@@ -350,6 +387,12 @@ def colour_histogram(img: Image.Image, size: int = 32) -> torch.Tensor:
     idx = (q[:, 0] * HIST_BINS + q[:, 1]) * HIST_BINS + q[:, 2]
     counts = torch.bincount(torch.from_numpy(idx), minlength=HIST_BINS**3).float()
     return (counts / counts.sum()).sqrt()
+
+
+def _file_stamp(path: str) -> list[int]:
+    """Size and modification time (ns) of a file: a cached feature is stale once either changes."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _to_array(img: Image.Image):

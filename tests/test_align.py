@@ -1,0 +1,111 @@
+"""The naming stage (trace_core.align) and the frozen-feature store it and the trainer share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_train import _mini
+from trace_core.align import MAX_NAME_WORDS, NAMING_PAIR, image_names, naming_examples, naming_sentence
+from trace_core.prompts import TRACE_STYLE
+from trace_core.records import Candidate, Query
+from trace_core.train import Example, TrainConfig, Trainer
+
+
+def _ex(query: Query, positive: Candidate, negatives=()) -> Example:
+    return Example("p", query, None, positive, frozenset({positive.did}), ("find it",), tuple(negatives))
+
+
+def _png(path: Path, colour) -> str:
+    Image.new("RGB", (40, 40), colour).save(path)
+    return str(path)
+
+
+def test_images_take_the_name_their_training_records_give_them():
+    examples = {"a": [
+        # composed query: its image is the reference, not the text positive; the candidates are named
+        _ex(Query(text="but darker", image="ref.png"), Candidate(text="dark cat", image="dark.png", did="1"),
+            [Candidate(text="light cat", image="light.png", did="2"), Candidate(image="unnamed.png", did="3")]),
+        # image -> name: the query image takes its positive's text
+        _ex(Query(image="dog.png"), Candidate(text="dog", did="4")),
+        # image -> image: nothing to name
+        _ex(Query(image="q.png"), Candidate(image="c.png", did="5")),
+    ], "b": [
+        _ex(Query(text="a cat"), Candidate(text="another name", image="dark.png", did="1")),  # first name kept
+        _ex(Query(image="blank.png"), Candidate(text="   ", did="6")),
+    ]}
+    assert image_names(examples) == {"dark.png": "dark cat", "light.png": "light cat", "dog.png": "dog"}
+    named = naming_examples(examples)
+    assert [ex.query.image for ex in named] == ["dark.png", "dog.png", "light.png"]  # sorted: same every run
+    first = named[0]
+    assert first.pair == NAMING_PAIR and first.cot == "The image shows dark cat."
+    assert first.query.text is None and first.positive.text == "dark cat"
+    assert len({ex.positive.did for ex in named}) == 3 and all(ex.positive.did in ex.all_positives for ex in named)
+    long = " ".join(f"w{i}" for i in range(30))
+    assert naming_sentence(long) == f"The image shows {' '.join(long.split()[:MAX_NAME_WORDS])}."
+
+
+def test_the_naming_stage_trains_the_image_tokens_on_the_cot_loss_alone(lm_dir, tmp_path):
+    paths = [_png(tmp_path / f"{i}.png", c) for i, c in enumerate(["red", "blue", "green"])]
+    named = naming_examples({"x": [_ex(Query(image=p), Candidate(text=n, did=n))
+                                   for p, n in zip(paths, ["red square", "blue square", "green square"])]})
+    cfg = TrainConfig(steps=3, batch_size=3, warmup=1, lambda_ret=0.0, lambda_direct=0.0, hard_negatives=False,
+                      self_cot_from=1.0, random_instruction=False, group_weights="complex=1", save_every=3)
+    trainer = Trainer(_mini(lm_dir), TRACE_STYLE, {NAMING_PAIR: named}, tmp_path / "run", cfg)
+    calls = []
+    fwd = trainer.model.forward_train
+
+    def spy(prompts, targets=None, features=None):
+        calls.append(targets is None)
+        return fwd(prompts, targets, features)
+
+    trainer.model.forward_train = spy
+    with torch.no_grad():
+        out = trainer.losses(named)
+    assert calls == [False]  # the queries only: no candidate pass
+    torch.testing.assert_close(out["loss"], out["ce"])
+    assert float(out["nce"]) == 0.0 and float(out["ce"]) > 0
+    trainer.model.forward_train = fwd
+    before = trainer.model.projector[1].weight.detach().clone()
+    trainer.train(progress=False)
+    assert not torch.equal(before, trainer.model.projector[1].weight)  # the image path learns from the CE
+    assert (tmp_path / "run" / "model" / "trace_mini.safetensors").is_file()
+
+
+def test_feature_store_roundtrip_and_staleness(lm_dir, tmp_path):
+    paths = [_png(tmp_path / f"{i}.png", c) for i, c in enumerate(["red", "blue"])]
+    model = _mini(lm_dir)
+    assert model.precompute_features(paths, progress=False) == 2
+    assert model.precompute_features(paths, progress=False) == 0  # already cached
+    store = tmp_path / "cache" / "features.pt"
+    model.save_feature_store(store)
+    fresh = _mini(lm_dir)
+    assert fresh.load_feature_store(store) == 2
+    torch.testing.assert_close(fresh.feature_cache(paths[0]), model.feature_cache(paths[0]))
+    assert fresh.precompute_features(paths, progress=False) == 0
+    # an image rewritten since: its stored feature is stale and not taken
+    _png(Path(paths[1]), "yellow")
+    st = os.stat(paths[1])
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = _mini(lm_dir)
+    assert third.load_feature_store(store) == 1
+    assert third.precompute_features(paths, progress=False) == 1
+    assert not torch.allclose(third.feature_cache(paths[1]), model.feature_cache(paths[1]))
+    # features of another encoder setting are never taken
+    from trace_core.backbones.mini import MiniConfig, TraceMini
+
+    other = TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64, image_grid=2), lm_dir=lm_dir)
+    assert other.load_feature_store(store) == 0
+    assert other.load_feature_store(tmp_path / "missing.pt") == 0
+
+
+@pytest.mark.parametrize("corrupt", [b"", b"not a torch file"])
+def test_a_corrupt_feature_store_is_ignored(lm_dir, tmp_path, corrupt):
+    store = tmp_path / "features.pt"
+    store.write_bytes(corrupt)
+    with pytest.warns(UserWarning, match="ignoring the feature store"):
+        assert _mini(lm_dir).load_feature_store(store) == 0
