@@ -16,10 +16,10 @@ import random
 from pathlib import Path
 
 from trace_core import load_model
-from trace_core.align import NAMING_INSTRUCTION, image_names
+from trace_core.examples import load_examples
 from trace_core.minibeir.evidence import cot_names
+from trace_core.naming import NAMING_INSTRUCTION, image_names
 from trace_core.records import Query
-from trace_core.train import load_examples
 
 
 def main() -> None:

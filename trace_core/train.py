@@ -23,6 +23,13 @@ TRACE-mini v2 additions, each a `TrainConfig` field:
   queries after the model's own greedy CoT instead of the teacher's (the CE still teaches the teacher's), so
   the embedding learns not to trust a wrong CoT blindly.
 
+Naming stage (`--stage naming`, TRACE-mini): before the joint objective, the CoT loss alone on "The image shows
+{name}." for every named training image (`naming.py`), so the image tokens can be named in a CoT; `--naming`
+keeps those examples as one more pair in the joint stage.
+
+    python -m trace_core.train --stage naming --data D --out runs/naming --steps 150 --batch-size 32
+    python -m trace_core.train --data D --out runs/joint --init runs/naming/model --naming ...
+
 Checkpointing: every `save_every` steps the trainable weights, optimizer, schedule and RNG states are written
 atomically to OUT/checkpoint; `--resume` continues from there (every random choice comes from the saved RNG, so
 a resumed run repeats the uninterrupted one). OUT/model is an inference checkpoint that `trace_core.load_model`
@@ -51,14 +58,8 @@ from torch import nn
 from .atomic import atomic_file
 from .backbones.base import Backbone, RenderedPrompt
 from .encoder import EncoderConfig, TraceEncoder
-from .mbeir import (
-    MBEIRCandidate,
-    discover_pairs,
-    load_pair,
-    read_cot_labels,
-    read_instructions,
-    resolve_image,
-)
+from .examples import Example, load_examples
+from .naming import NAMING_PAIR, naming_examples
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
 from .records import Candidate, Query, load_image
 
@@ -98,57 +99,6 @@ class TrainConfig:
     self_cot_from: float = 0.7
     self_cot_prob: float = 0.5
     self_cot_max_tokens: int = 48  # cap on a self-generated CoT
-
-
-@dataclass(frozen=True)
-class Example:
-    pair: str  # "<dataset>_task<k>"
-    query: Query  # text / image path / instruction filled in
-    cot: str | None  # teacher CoT (reason route) or None (direct route)
-    positive: Candidate  # one positive candidate
-    all_positives: frozenset[str]  # every positive did of the query: none of them is a negative for it
-    instructions: tuple[str, ...]  # the four instructions of the example's task, for sampling
-    negatives: tuple[Candidate, ...] = ()  # the query's hard negatives (neg_cand_list) found in the pool
-
-
-def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[str, list[Example]]:
-    """Training examples grouped by pair: each query with its CoT label and each of its positives."""
-    root = Path(root)
-    instructions = read_instructions(root / "instructions" / "query_instructions.tsv")
-    by_pair: dict[str, list[Example]] = {}
-
-    def candidate(c: MBEIRCandidate) -> Candidate:
-        return Candidate(text=c.text, image=str(resolve_image(root, c.image_path)) if c.image_path else None,
-                         did=c.did)
-
-    for pair in discover_pairs(root, split, pairs):
-        queries, pool, positives = load_pair(pair)
-        labels = read_cot_labels(pair.query_file)
-        pool_by_id: dict[str, MBEIRCandidate] = {c.did: c for c in pool}
-        examples = []
-        for q in queries:
-            route, cot = labels.get(q.qid, ("direct", None))
-            # Hard negatives missing from the pool are skipped; one that is also a positive is no negative.
-            negatives = tuple(candidate(pool_by_id[d]) for d in dict.fromkeys(q.negatives)
-                              if d in pool_by_id and d not in positives[q.qid])
-            for did in sorted(positives[q.qid]):
-                c = pool_by_id.get(did)
-                if c is None:
-                    continue
-                prompts = instructions.get(q.modality, c.modality, q.dataset_id)
-                query = Query(
-                    text=q.text,
-                    image=str(resolve_image(root, q.image_path)) if q.image_path else None,
-                    instruction=prompts[0],
-                    qid=q.qid,
-                )
-                examples.append(Example(pair.name, query, cot, candidate(c), frozenset(positives[q.qid]),
-                                        tuple(prompts), negatives))
-        if examples:
-            by_pair[pair.name] = examples
-    if not by_pair:
-        raise ValueError(f"no training examples under {root / 'query' / split}")
-    return by_pair
 
 
 def not_negatives(batch: Sequence[Example], columns: Sequence[Candidate]) -> torch.Tensor:
@@ -530,6 +480,11 @@ class Trainer:
         return True
 
 
+# The naming stage trains the CoT loss alone (no candidates, no InfoNCE), with the one naming instruction.
+NAMING_STAGE = dict(lambda_ret=0.0, lambda_direct=0.0, hard_negatives=False, self_cot_from=1.0,
+                    random_instruction=False, group_weights="complex=1")
+
+
 def build_model(base: str, init: str | None = None):
     """The trainable model: "mini" (TRACE-mini from packaged parts) or a Qwen2-VL-family checkpoint folder."""
     if base == "mini":
@@ -578,17 +533,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--init", default=None, help="start from the weights of this TRACE-mini checkpoint")
     parser.add_argument("--feature-store", default=None,
                         help="file that keeps the frozen image features between runs (TRACE-mini)")
+    parser.add_argument("--stage", choices=("joint", "naming"), default="joint",
+                        help="joint: the TRACE objective; naming: the CoT loss alone on 'The image shows "
+                             "{name}.' for every named training image (see trace_core/naming.py)")
+    parser.add_argument("--naming", action="store_true",
+                        help="joint stage: add the naming examples as one more pair, named 'naming'")
     for f in dataclasses.fields(TrainConfig):
         kind = _boolean if isinstance(f.default, bool) else type(f.default)  # bool("False") would be True
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if args.stage == "naming":
+        cfg = dataclasses.replace(cfg, **NAMING_STAGE)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     torch.manual_seed(cfg.seed)
     try:
         examples = load_examples(Path(args.data), "train", args.pairs)
+        if args.stage == "naming" or args.naming:
+            named = naming_examples(examples)
+            if not named:
+                raise ValueError(f"no named training images under {args.data}")
+            examples = {NAMING_PAIR: named} if args.stage == "naming" else {**examples, NAMING_PAIR: named}
+            log.info("naming examples: %d training images with names", len(named))
         model, style = build_model(args.base, args.init)
         precompute_features(model, examples, args.feature_store)
         trainer = Trainer(model, style, examples, Path(args.out), cfg)

@@ -23,12 +23,12 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trace_core.atomic import atomic_directory
 from trace_core.minibeir import emoji as emoji_pairs
 from trace_core.minibeir import sources as src
 from trace_core.minibeir.corpus import (
@@ -348,9 +348,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         logger.info("teacher outputs rejected by the filters: %s", cots.rejected)
 
     out = cfg.out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         # SOURCES.md is written by hand; carry it over so a rebuild does not lose it.
         if (out / "SOURCES.md").is_file():
             shutil.copy2(out / "SOURCES.md", tmp / "SOURCES.md")
@@ -372,16 +370,6 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             "cot_rejections": dict(sorted(cots.rejected.items())),
         }
         manifest = write_corpus(corpus, tmp, meta)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{tmp.name[-8:]}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -1,7 +1,8 @@
-"""The naming stage (trace_core.align) and the frozen-feature store it and the trainer share."""
+"""The naming stage (trace_core.naming, `train --stage naming`) and the frozen-feature store of training."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import torch
 from PIL import Image
 
 from tests.test_train import _mini
-from trace_core.align import MAX_NAME_WORDS, NAMING_PAIR, image_names, naming_examples, naming_sentence
+from trace_core.naming import MAX_NAME_WORDS, NAMING_PAIR, image_names, naming_examples, naming_sentence
 from trace_core.prompts import TRACE_STYLE
 from trace_core.records import Candidate, Query
-from trace_core.train import Example, TrainConfig, Trainer
+from trace_core.train import Example, TrainConfig, Trainer, main
 
 
 def _ex(query: Query, positive: Candidate, negatives=()) -> Example:
@@ -52,7 +53,7 @@ def test_images_take_the_name_their_training_records_give_them():
 def test_the_naming_stage_trains_the_image_tokens_on_the_cot_loss_alone(lm_dir, tmp_path):
     paths = [_png(tmp_path / f"{i}.png", c) for i, c in enumerate(["red", "blue", "green"])]
     named = naming_examples({"x": [_ex(Query(image=p), Candidate(text=n, did=n))
-                                   for p, n in zip(paths, ["red square", "blue square", "green square"])]})
+                                   for p, n in zip(paths, ["red square", "blue square", "green square"], strict=True)]})
     cfg = TrainConfig(steps=3, batch_size=3, warmup=1, lambda_ret=0.0, lambda_direct=0.0, hard_negatives=False,
                       self_cot_from=1.0, random_instruction=False, group_weights="complex=1", save_every=3)
     trainer = Trainer(_mini(lm_dir), TRACE_STYLE, {NAMING_PAIR: named}, tmp_path / "run", cfg)
@@ -109,3 +110,43 @@ def test_a_corrupt_feature_store_is_ignored(lm_dir, tmp_path, corrupt):
     store.write_bytes(corrupt)
     with pytest.warns(UserWarning, match="ignoring the feature store"):
         assert _mini(lm_dir).load_feature_store(store) == 0
+
+
+def _named_fixture(tmp_path: Path) -> Path:
+    """The labelled M-BEIR fixture with a caption on every image candidate of its train pool: its images have
+    names."""
+    from tests.mbeir_fixture import build_fixture
+    from tests.test_train import _label
+
+    fx = build_fixture(tmp_path / "mbeir")
+    root = _label(fx)
+    pool = root / "cand_pool" / "local" / "mbeir_mscoco_task0_cand_pool.jsonl"
+    lines = [json.loads(line) for line in pool.read_text().splitlines()]
+    for i, line in enumerate(lines):
+        line["txt"] = f"picture number {i}"
+    pool.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def test_cli_naming_stage_and_naming_pair_in_the_joint_stage(tiny_qwen_dir, tmp_path):
+    data = _named_fixture(tmp_path)
+    common = ["--data", str(data), "--base", str(tiny_qwen_dir), "--batch-size", "2", "--save-every", "2"]
+    assert main([*common, "--stage", "naming", "--out", str(tmp_path / "naming"), "--steps", "2"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "naming" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["pair"] for r in log] == [NAMING_PAIR] * 2
+    assert all(r["ce"] > 0 and r["nce"] == 0 and r["loss"] == r["ce"] for r in log)  # the CoT loss alone
+    assert (tmp_path / "naming" / "model").is_dir()
+    # the joint stage with the naming pair, weighed by its name: only it is drawn, under the full objective
+    assert main([*common, "--naming", "--out", str(tmp_path / "joint"), "--steps", "2",
+                 "--group-weights", "complex=1,mscoco_task0=0"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "joint" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["pair"] for r in log] == [NAMING_PAIR] * 2 and all(r["nce"] > 0 for r in log)
+
+
+def test_cli_naming_stage_without_named_images_exits_2(tmp_path, capsys):
+    from tests.mbeir_fixture import build_fixture
+    from tests.test_train import _label
+
+    data = _label(build_fixture(tmp_path / "mbeir"))  # text -> image only: no image has a name
+    assert main(["--stage", "naming", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert "no named training images" in capsys.readouterr().err
