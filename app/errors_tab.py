@@ -19,8 +19,8 @@ from PIL import Image
 from analysis.errors import QueryDetail, available_views, filter_errors, query_detail
 from trace_core.records import check_k
 
-from .search_tab import UserError, checked
 from .services import Services
+from .usecases import UserError, checked
 
 NO_TABLE = ("No per-query table is loaded for this model. Produce one with "
             "`python -m trace_core.evaluate ... --counterfactual` and start the app with "

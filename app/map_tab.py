@@ -15,11 +15,13 @@ import gradio as gr
 import numpy as np
 import plotly
 from gradio import FileData
+from gradio.utils import get_upload_folder
 
 from trace_core.records import REASONING_MODES, InputError
 
-from .search_tab import UserError, api_image, search
-from .services import Services, gpu
+from . import usecases
+from .services import Services
+from .usecases import UserError, open_api_image
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
@@ -190,35 +192,19 @@ def _rank(r: float) -> str:
     return "—" if r is None or not np.isfinite(r) else str(int(r))
 
 
-@gpu
 def place_query(services: Services, task_name: str, text, image, mode: str, k: int) -> tuple[dict, str]:
-    """Encode a new query and place it from its nearest neighbours in its task's pool (not UMAP.transform)."""
-    emap = services.map
-    if emap is None:
-        raise UserError("No embedding map is loaded.")
-    res = search(services, task_name, text, image, None, mode, k)
-    task, k = services.tasks[task_name], len(res.hits)
-    dids, scores = [h.did for h in res.hits], [h.score for h in res.hits]
-    try:
-        focus = emap.place(dids, scores)
-    except ValueError as exc:  # a large pool is sampled on the map; none of the hits may be on it
-        raise UserError(f"Cannot place this query: {exc} (the map shows a sample of this pool).") from exc
-    highlight = {"focus": {"x": focus[0], "y": focus[1], "label": "your query"},
-                 "neighbours": [p for d in dids if (p := emap.candidate_point(d)) is not None]}
-    r = res.result
+    """A new query on the map (`usecases.place_query`): the highlight the browser draws and its description."""
+    p = usecases.place_query(services, task_name, text, image, mode, k)
+    highlight = {"focus": {"x": p.focus[0], "y": p.focus[1], "label": "your query"}, "neighbours": p.neighbours}
+    if p.start is not None:
+        highlight["from"] = {"x": p.start[0], "y": p.start[1]}
+    r, k = p.search.result, len(p.search.hits)
     lines = [f"Route **{r.route}** · P(<|emb|> first) = {r.p_emb:.2f} · {r.cot_tokens} CoT tokens · "
              f"{r.latency_s:.2f} s"]
-    if r.route == "reason" and r.direct_embedding is not None:
-        s, ids = task.index.search(r.direct_embedding, k)
-        try:
-            start = emap.place(ids[0], s[0].tolist())
-            highlight["from"] = {"x": start[0], "y": start[1]}
-        except ValueError:
-            pass
-        moved = len(set(ids[0]) - set(dids))
+    if p.moved is not None:
         lines.append(f"CoT: *{html.escape(r.cot)}*")
-        lines.append(f"Reasoning moved the query along the red arrow: {moved} of its top-{k} changed.")
-    lines.append(f"Placed at the similarity-weighted mean of its top-{len(dids)} candidates (circled).")
+        lines.append(f"Reasoning moved the query along the red arrow: {p.moved} of its top-{k} changed.")
+    lines.append(f"Placed at the similarity-weighted mean of its top-{k} candidates (circled).")
     return highlight, "\n\n".join(lines)
 
 
@@ -272,8 +258,8 @@ def build_map_tab(services: Services) -> None:
                       top_k: float = 5) -> dict:
         """Map: where a query lands on the embedding map (focus x, y), its top-k points, its direct start."""
         try:
-            highlight, desc = place_query(services, task_name, query_text, api_image(services, query_image),
-                                          reasoning, top_k)
+            highlight, desc = place_query(services, task_name, query_text,
+                                          open_api_image(services, query_image, get_upload_folder()), reasoning, top_k)
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
         return {**highlight, "description": desc}

@@ -1,7 +1,7 @@
 """Search tab: a query in, the route, the chain of thought as it streams, and the ranked candidates out.
 
-The handlers are plain functions of the services (called directly by the tests); `build_search_tab` wires
-them to components. The scriptable endpoint `search` (gradio_client) returns the same as the UI, as JSON.
+The use cases (search, compare) are `usecases.py`'s; this module renders their results and wires them to
+components. The scriptable endpoints `search` and `compare` (gradio_client) return what the UI shows.
 """
 
 from __future__ import annotations
@@ -10,181 +10,22 @@ import html
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import gradio as gr
 from gradio import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from trace_core.records import (
-    REASONING_MODES,
-    CotDelta,
-    InputError,
-    Query,
-    QueryResult,
-    check_k,
-    check_reasoning,
-    load_image,
-)
+from trace_core.records import REASONING_MODES, CotDelta, InputError, QueryResult
 
-from .services import Services, Task, gpu
-
-
-class UserError(ValueError):
-    """A mistake in the query: shown to the person as it is (gr.Error in the UI)."""
-
-
-def checked(check, value):
-    """`value` through one of `trace_core.records`' checks (`check_k`, `check_reasoning`, ...): the one rule and
-    message of each; a refusal becomes a UserError."""
-    try:
-        return check(value)
-    except InputError as exc:
-        raise UserError(str(exc)) from None
-
-
-def top_k(k, task: Task) -> int:
-    """The top-k of a search: a whole number >= 1 (`check_k`), at most the task's pool size."""
-    return min(checked(check_k, k), len(task.pool))
-
-
-@dataclass
-class Hit:
-    rank: int
-    did: str
-    score: float
-    text: str | None
-    image: str | None  # absolute path of the candidate's image
-    gold: bool
-
-
-@dataclass
-class SearchResult:
-    result: QueryResult
-    hits: list[Hit]
-    gold: list[tuple[str, int, float]]  # (did, exact rank, score) of every gold candidate, if known
-    task: str
-
-    def to_json(self, fingerprint: dict) -> dict:
-        r = self.result
-        return {
-            "model": fingerprint,
-            "task": self.task,
-            "route": r.route,
-            "p_emb": r.p_emb,
-            "cot": r.cot,
-            "cot_tokens": r.cot_tokens,
-            "truncated": r.truncated,
-            "latency_s": r.latency_s,
-            "reasoning": r.reasoning,
-            "hits": [{"rank": h.rank, "did": h.did, "score": h.score, "text": h.text, "gold": h.gold}
-                     for h in self.hits],
-            "gold": [{"did": d, "rank": k, "score": s} for d, k, s in self.gold],
-        }
-
-
-def make_query(services: Services, task_name: str, text: str | None, image, instruction: str | None,
-               qid: str | None = None) -> tuple[Task, Query]:
-    """Check the inputs against the task and build the encoder's query; clear messages for mistakes."""
-    if not isinstance(task_name, str) or task_name not in services.tasks:
-        raise UserError(f"unknown task {task_name!r}")
-    task = services.tasks[task_name]
-    if text is not None and not isinstance(text, str):
-        raise UserError("The query text must be a string.")
-    text = (text or "").strip()
-    if not text and image is None:
-        raise UserError("The query is empty: type a text, upload an image, or both.")
-    if image is not None and not task.takes_image:
-        raise UserError(f"{task.label} takes a text query; remove the image or pick a task with image queries.")
-    if image is None and task.takes_image and not task.takes_text:
-        raise UserError(f"{task.label} takes an image query; upload an image.")
-    if image is None and task.query_modality == "image,text":
-        raise UserError(f"{task.label} takes an image and a text; upload the reference image.")
-    if len(text) > 2000:
-        raise UserError("The query text is too long (over 2,000 characters).")
-    try:
-        img = load_image(image) if image is not None else None
-    except InputError as exc:
-        raise UserError(f"The image cannot be used: {exc}") from exc
-    instruction = (instruction or "").strip() or task.instructions[0]
-    return task, Query(text=text or None, image=img, instruction=instruction, qid=qid or "")
-
-
-def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str | None) -> SearchResult:
-    scores, ids = task.index.search(result.embedding, k)
-    gold_ids = task.positives.get(qid or "", set())
-    hits = []
-    for n, (did, score) in enumerate(zip(ids[0], scores[0], strict=True), start=1):
-        c = task.candidate(did)
-        hits.append(Hit(n, did, float(score), c.text, services.image_path(c.image_path), did in gold_ids))
-    [gold] = task.index.positive_ranks(result.embedding[None], [gold_ids])  # every gold's exact rank, best first
-    return SearchResult(result, hits, gold, task.name)
-
-
-@gpu
-def stream_search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
-                  qid: str | None = None) -> Iterator[CotDelta | SearchResult]:
-    """Yield CoT deltas while the model reasons, then the ranked result."""
-    mode = checked(check_reasoning, mode)
-    task, query = make_query(services, task_name, text, image, instruction, qid)
-    k = top_k(k, task)
-    with services.model_lock:
-        for event in services.encoder.stream_query(query, reasoning=mode):
-            if isinstance(event, CotDelta):
-                yield event
-            else:
-                yield rank(services, task, event, k, qid)
-
-
-def search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
-           qid: str | None = None) -> SearchResult:
-    *_, last = stream_search(services, task_name, text, image, instruction, mode, k, qid)
-    return last
-
-
-def compare(services: Services, task_name: str, text, image, instruction, k: int,
-            qid: str | None = None) -> str:
-    """The same query with reasoning forced off and on: scores, gold ranks, what entered and left the top k."""
-    off = search(services, task_name, text, image, instruction, "never", k, qid)
-    on = search(services, task_name, text, image, instruction, "always", k, qid)
-    k = len(off.hits)
-    a, b = [h.did for h in off.hits], [h.did for h in on.hits]
-    lines = ["| | without reasoning | with reasoning |", "|---|---|---|",
-             f"| CoT tokens | 0 | {on.result.cot_tokens} |",
-             f"| latency | {off.result.latency_s:.2f} s | {on.result.latency_s:.2f} s |",
-             f"| top-1 | `{a[0]}` ({off.hits[0].score:.3f}) | `{b[0]}` ({on.hits[0].score:.3f}) |"]
-    for (d, r1, s1), (_, r2, s2) in zip(off.gold, on.gold, strict=True):
-        lines.append(f"| gold `{d}` | rank {r1} ({s1:.3f}) | rank {r2} ({s2:.3f}) |")
-    overlap = len(set(a) & set(b))
-    entered = [d for d in b if d not in a]
-    left = [d for d in a if d not in b]
-    lines += ["", f"Top-{k} overlap: **{overlap}/{k}**. Entered with reasoning: {', '.join(entered) or 'none'}. "
-              f"Left: {', '.join(left) or 'none'}.", "", f"**CoT:** {html.escape(on.result.cot) or '(none)'}"]
-    return "\n".join(lines)
+from .services import Services
+from .usecases import Comparison, Hit, SearchResult, UserError, compare, open_api_image, search, stream_search
 
 
 # ------------------------------------------------------------------------------------------ API
 def api_image(services: Services, image) -> Image.Image | None:
-    """The image of an API call: FileData (gradio_client's handle_file), its dict, or a path string.
-
-    Only files under Gradio's upload folder (where uploads land) or under the data root are opened: a client
-    cannot make the server read any other file.
-    """
-    if image is None or image == "":
-        return None
-    if isinstance(image, dict):
-        image = image.get("path")
-    elif not isinstance(image, str):
-        image = getattr(image, "path", None)
-    if not isinstance(image, str) or not image:
-        raise UserError("The image must be an uploaded file (gradio_client.handle_file).")
-    path = os.path.realpath(image)
-    allowed = [os.path.realpath(get_upload_folder()), os.path.realpath(services.root)]
-    if not any(os.path.commonpath([path, a]) == a for a in allowed):
-        raise UserError("The image must be an uploaded file (gradio_client.handle_file), not a server path.")
-    return load_image(path)
+    """The image of an API call, opened only from Gradio's upload folder or the data root."""
+    return open_api_image(services, image, get_upload_folder())
 
 
 def search_api(services: Services, query_text, query_image, task_name, reasoning="auto", top_k=10) -> dict:
@@ -194,6 +35,21 @@ def search_api(services: Services, query_text, query_image, task_name, reasoning
 
 
 # ------------------------------------------------------------------------------------------ rendering
+def comparison_markdown(c: Comparison) -> str:
+    """Scores, gold ranks, and what entered and left the top k when reasoning is switched on."""
+    off, on = c.off, c.on
+    lines = ["| | without reasoning | with reasoning |", "|---|---|---|",
+             f"| CoT tokens | 0 | {on.result.cot_tokens} |",
+             f"| latency | {off.result.latency_s:.2f} s | {on.result.latency_s:.2f} s |",
+             f"| top-1 | `{off.hits[0].did}` ({off.hits[0].score:.3f}) | `{on.hits[0].did}` ({on.hits[0].score:.3f}) |"]
+    for (d, r1, s1), (_, r2, s2) in zip(off.gold, on.gold, strict=True):
+        lines.append(f"| gold `{d}` | rank {r1} ({s1:.3f}) | rank {r2} ({s2:.3f}) |")
+    lines += ["", f"Top-{c.k} overlap: **{c.overlap}/{c.k}**. Entered with reasoning: "
+              f"{', '.join(c.entered) or 'none'}. Left: {', '.join(c.left) or 'none'}.", "",
+              f"**CoT:** {html.escape(on.result.cot) or '(none)'}"]
+    return "\n".join(lines)
+
+
 def route_badge(result: QueryResult | None) -> str:
     if result is None:
         return "<div class='route-badge pending'>thinking…</div>"
@@ -308,7 +164,8 @@ def build_search_tab(services: Services) -> None:
 
     def run_compare(task_name, instruction_text, text_in, image_in, k_in, qid_in):
         try:
-            return compare(services, task_name, text_in, image_in, instruction_text, int(k_in), qid_in or None)
+            return comparison_markdown(compare(services, task_name, text_in, image_in, instruction_text, k_in,
+                                               qid_in or None))
         except UserError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -334,7 +191,7 @@ def build_search_tab(services: Services) -> None:
         """Compare: the same query with reasoning off and on (gold ranks, top-k overlap), as Markdown."""
         try:
             img = api_image(services, query_image)
-            return compare(services, task_name, query_text, img, None, top_k)
+            return comparison_markdown(compare(services, task_name, query_text, img, None, top_k))
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
 

@@ -126,8 +126,7 @@ class Services:
             cand_modality = max(set(modalities), key=modalities.count)
             query_modality = queries[0].modality if queries else "text"
             dataset_id = int(pool[0].did.split(":")[0])
-            row = next((r for r in instructions.rows() if (r.query_modality, r.cand_modality, r.dataset_id)
-                        == (query_modality, cand_modality, dataset_id)), None)
+            row = instructions.find(query_modality, cand_modality, dataset_id)
             index = pool_index(encoder, pool, root, cache_dir, pair.pool_file.stem)
             tasks[pair.name] = Task(
                 name=pair.name,

@@ -2,9 +2,9 @@
 
 1. the prompt the model reads and its tokens; 2. the first-step decision (embed now or think first);
 3. the chain of thought; 4. which hidden state becomes the embedding; 5. the closest candidates.
-Everything comes from `trace_core.explain` (the encoder's own code paths) and `search_tab.rank` (the task's
-index). The handlers are plain functions of the services (called directly by the tests); `build_walkthrough_tab`
-wires them to components.
+Everything comes from `usecases.stream_explanation` (`trace_core.explain`, the encoder's own code paths, and the
+task's index); this module turns it into words, token strips and a figure, and `build_walkthrough_tab` wires
+them to components.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import plotly.graph_objects as go
 from PIL import Image
 
 from trace_core.encoder import TraceEncoder
-from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough, stream_explain
+from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough
 from trace_core.mbeir import MBEIRQuery
-from trace_core.records import REASONING_MODES, CotDelta, InputError, check_reasoning, check_routing_bias
+from trace_core.records import REASONING_MODES, CotDelta
 
-from .search_tab import SearchResult, UserError, checked, make_query, rank, top_k
-from .services import Services, Task, gpu
+from .services import Services, Task
+from .usecases import Explained, SearchResult, UserError, stream_explanation
 
 TOP = 10  # next tokens shown at the first step
 STRIP_CAP = 160  # token spans shown in a strip; the middle of a longer sequence is hidden
@@ -313,7 +313,7 @@ def pooling_strip(walk: Walkthrough, context: int = 12) -> str:
     return token_strip(tokens, walk.first.emb_token, start=start, pooled=walk.pooled_index, cot_from=n)
 
 
-def ranking_markdown(services: Services, task: Task, res: SearchResult, k: int) -> str:
+def ranking_markdown(task: Task, res: SearchResult, k: int) -> str:
     """Step 5: how candidates are scored, and where the gold is."""
     r = res.result
     lines = [
@@ -373,36 +373,17 @@ def example_label(task: Task, q: MBEIRQuery) -> str:
     return f"{tag}{q.text or '(image only)'}{' + image' if q.image_path and q.text else ''}"[:100]
 
 
-def _check_inputs(services: Services, mode: str, bias) -> tuple[str, float]:
-    if not isinstance(services.encoder, TraceEncoder):
-        raise UserError("The walkthrough needs a TRACE model (one that routes and reasons); this app runs a "
-                        "baseline encoder.")
-    return checked(check_reasoning, mode), checked(check_routing_bias, 0.0 if bias is None else bias)
-
-
-@gpu
 def stream_walkthrough(services: Services, task_name: str, text, image, instruction, mode: str, bias: float,
                        k: int, qid: str | None = None, top: int = TOP
                        ) -> Iterator[PromptStep | CotDelta | WalkthroughView]:
     """Yield the first step, the CoT as it is generated, then the full view; UserError for bad input."""
-    mode, bias = _check_inputs(services, mode, bias)
-    task, query = make_query(services, task_name, text, image, instruction, qid)
-    k = top_k(k, task)
-    try:
-        with services.model_lock:
-            for event in stream_explain(services.encoder, query, mode, bias, top):
-                if isinstance(event, Walkthrough):
-                    yield render(services, task, event, k, qid)
-                else:
-                    yield event
-    except InputError as exc:
-        raise UserError(f"The query cannot be used: {exc}") from exc
+    for event in stream_explanation(services, task_name, text, image, instruction, mode, bias, k, qid, top):
+        yield render(services, event) if isinstance(event, Explained) else event
 
 
-def render(services: Services, task: Task, walk: Walkthrough, k: int, qid: str | None = None) -> WalkthroughView:
-    """All five steps for a finished walkthrough (ranking with `search_tab.rank`)."""
-    res = rank(services, task, walk.result, k, qid)
-    first = walk.first
+def render(services: Services, done: Explained) -> WalkthroughView:
+    """All five steps of a finished walkthrough."""
+    walk, res, first = done.walk, done.search, done.walk.first
     return WalkthroughView(
         walk=walk, search=res,
         prompt_md=prompt_markdown(first), tokens_html=token_strip(first.tokens, first.emb_token),
@@ -411,7 +392,8 @@ def render(services: Services, task: Task, walk: Walkthrough, k: int, qid: str |
         cot_html=(token_strip(walk.cot_token_texts, first.emb_token, start=walk.prompt_length,
                               cot_from=walk.prompt_length) if walk.cot_token_texts else ""),
         pooling_md=pooling_markdown(walk), pooling_html=pooling_strip(walk),
-        ranking_md=ranking_markdown(services, task, res, k), table=ranking_table(res), gallery=ranking_gallery(res),
+        ranking_md=ranking_markdown(done.task, res, done.k), table=ranking_table(res),
+        gallery=ranking_gallery(res),
     )
 
 

@@ -10,8 +10,9 @@ import json
 import pytest
 from PIL import Image
 
-from app.search_tab import UserError, compare, search, stream_search
+from app.search_tab import comparison_markdown
 from app.services import Services
+from app.usecases import UserError, compare, search, stream_search
 from tests.mbeir_fixture import build_fixture
 from tests.tiny_mini import build_tiny_mini
 from trace_core.records import CotDelta
@@ -75,9 +76,15 @@ def test_bad_input_gets_a_clear_message(services, tmp_path):
 def test_compare_reports_gold_ranks_overlap_and_changes(services):
     q = services.tasks["cirr_task7"].queries[1]
     img = Image.open(services.image_path(q.image_path))
-    md = compare(services, "cirr_task7", q.text, img, None, 5, q.qid)
-    assert "without reasoning" in md and "with reasoning" in md and "Top-5 overlap" in md
-    assert "gold `" in md
+    c = compare(services, "cirr_task7", q.text, img, None, 5, q.qid)
+    assert c.off.result.reasoning == "never" and c.on.result.reasoning == "always"
+    off, on = [h.did for h in c.off.hits], [h.did for h in c.on.hits]
+    assert c.k == 5 and c.overlap == len(set(off) & set(on))
+    assert c.entered == [d for d in on if d not in off] and c.left == [d for d in off if d not in on]
+    assert len(c.entered) == len(c.left) == 5 - c.overlap
+    md = comparison_markdown(c)
+    assert "without reasoning" in md and "with reasoning" in md and f"Top-5 overlap: **{c.overlap}/5**" in md
+    assert f"gold `{c.off.gold[0][0]}` | rank {c.off.gold[0][1]} " in md
 
 
 def test_launched_app_serves_the_search_api(services):
@@ -140,3 +147,13 @@ def test_build_analysis_evaluates_once_and_caches_by_fingerprint(services, tmp_p
     loaded = Services.load("unused", services.root, "test", args.cache_dir, bench, encoder=services.encoder,
                            analysis=table, embedding_map=False)
     assert len(loaded.queries) == 18 and set(loaded.benchmark["pairs"]) == set(services.tasks)
+
+
+def test_the_use_cases_hold_no_gradio():
+    """The app's logic (usecases.py, services.py) imports without Gradio: the tabs are its only users of it."""
+    import subprocess
+    import sys
+
+    code = "import sys, app.usecases; print('gradio' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]

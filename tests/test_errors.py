@@ -29,7 +29,7 @@ from app.errors_tab import (
     show_detail,
     task_choices,
 )
-from app.search_tab import UserError
+from app.usecases import UserError
 from tests.app_fixture import build_services
 
 

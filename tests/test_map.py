@@ -9,8 +9,8 @@ import pytest
 import analysis.embedding_map as em
 from analysis.embedding_map import EmbeddingMap, MapConfig, PoolPoints, QueryPoints, collect, load_or_build
 from app.map_tab import build_map_tab, pick, place_query
-from app.search_tab import UserError, search
 from app.services import Services
+from app.usecases import UserError, search
 from tests.app_fixture import build_services
 
 

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image
 
 from app.map_tab import place_query
-from app.search_tab import UserError, api_image, compare, search, search_api
+from app.search_tab import api_image, search_api
 from app.services import Services
+from app.usecases import UserError, compare, search
 from tests.app_fixture import build_services
 from tests.mbeir_fixture import build_fixture
 from trace_core.embed_pool import cache_path, expected_manifest, pool_index
@@ -227,6 +228,12 @@ def test_the_api_reads_only_uploaded_files_or_the_data_root(services, tmp_path, 
             api_image(services, hostile)
     out = search_api(services, "", {"path": str(inside)}, "cirr_task7", "never", 3)
     assert out["route"] == "direct" and len(out["hits"]) == 3 and out["model"]["dim"] == 32
+    # an uploaded file that is no image: a clear message that names the file but never a server folder
+    broken = uploads / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(UserError, match="cannot be used") as caught:
+        api_image(services, {"path": str(broken)})
+    assert "broken.png" in str(caught.value) and str(uploads) not in str(caught.value)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.search_tab import UserError
+from app.usecases import UserError
 from app.walkthrough_tab import (
     EMB_COLOUR,
     build_walkthrough_tab,

@@ -329,9 +329,13 @@ class Instructions:
         self._source = source  # where the table came from, for error messages
         self._by_key = {(r.query_modality, r.cand_modality, r.dataset_id): r for r in self._rows}
 
+    def find(self, query_modality: str, cand_modality: str, dataset_id: int) -> InstructionRow | None:
+        """The row of one task (dataset title and instructions), None if the table has none."""
+        return self._by_key.get((query_modality, cand_modality, int(dataset_id)))
+
     def get(self, query_modality: str, cand_modality: str, dataset_id: int) -> tuple[str, ...]:
         """The instructions (prompt_1..prompt_4) of one task; KeyError listing the known tasks if absent."""
-        row = self._by_key.get((query_modality, cand_modality, int(dataset_id)))
+        row = self.find(query_modality, cand_modality, dataset_id)
         if row is None:
             known = "; ".join(
                 f"{r.query_modality} -> {r.cand_modality} {r.dataset} ({r.dataset_id})" for r in self._rows
