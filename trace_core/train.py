@@ -337,14 +337,14 @@ class Trainer:
             queries.append(dataclasses.replace(ex.query, instruction=instruction))
         q_prompts = [self._query_prompt(q) for q in queries]
         q_features = self._features(queries)
-        columns = self._columns(batch)
-        c_prompts = [self._prompt(render_candidate(self.style, c, self.placeholder), c.image) for c in columns]
         fwd = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch], q_features)
+        ce = fwd.ce_sum / max(fwd.n_tokens, 1)
         if self.cfg.lambda_ret == 0 and self.cfg.lambda_direct == 0:  # CE only (the naming stage): no candidates
-            ce = fwd.ce_sum / max(fwd.n_tokens, 1)
             zero = ce.new_zeros(()).detach()
             return {"loss": self.cfg.lambda_gen * ce, "nce": zero, "ce": ce.detach(), "nce_direct": zero,
                     "in_batch_acc": zero, "n_hard_neg": zero, "self_cot": zero}
+        columns = self._columns(batch)
+        c_prompts = [self._prompt(render_candidate(self.style, c, self.placeholder), c.image) for c in columns]
         c = self.model.forward_train(c_prompts, None, self._features(columns)).pooled  # [B + K, H]
         q = fwd.pooled  # [B, H]
         reason = torch.tensor([ex.cot is not None for ex in batch])  # [B]
@@ -374,7 +374,6 @@ class Trainer:
             nce_direct = nn.functional.cross_entropy(d_logits, labels[r])
         else:
             nce_direct = logits.new_zeros(())
-        ce = fwd.ce_sum / max(fwd.n_tokens, 1)
         loss = self.cfg.lambda_ret * nce + self.cfg.lambda_gen * ce + self.cfg.lambda_direct * nce_direct
         acc = (logits.argmax(-1) == labels).float().mean()
         return {"loss": loss, "nce": nce.detach(), "ce": ce.detach(), "nce_direct": nce_direct.detach(),
