@@ -1,6 +1,6 @@
 """Does a TRACE-mini checkpoint name what an image shows? (the naming stage's go/no-go figure)
 
-    python scripts/naming_check.py runs/minibeir-v2 runs/naming/model [--split test] [--n 60]
+    PYTHONPATH=. python scripts/naming_check.py runs/minibeir-v2 runs/naming/model [--split test] [--n 60]
 
 Two samples, both of images the training split holds: the reference images of the split's composed-edit
 queries (emoji_task8; recognising them is closed-set by construction), and as many named training images drawn

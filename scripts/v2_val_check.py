@@ -2,7 +2,7 @@
 
     python -m trace_core.evaluate --mbeir-dir runs/minibeir-v2 --split val \
         --pairs emoji_task1,emoji_task2,emoji_task8 --model runs/trace-mini-v2/model --out runs/val --counterfactual
-    python scripts/v2_val_check.py runs/minibeir-v2 runs/val val
+    PYTHONPATH=. python scripts/v2_val_check.py runs/minibeir-v2 runs/val val
 
 Per pair and difficulty label: reason rate, share of reasoned CoTs naming the target (and the reference, for
 edits), share hitting the cap, R@5 of auto / never / always; then a few wrong CoTs. The full evidence is
