@@ -150,3 +150,46 @@ def test_cli_naming_stage_without_named_images_exits_2(tmp_path, capsys):
     data = _label(build_fixture(tmp_path / "mbeir"))  # text -> image only: no image has a name
     assert main(["--stage", "naming", "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "no named training images" in capsys.readouterr().err
+
+
+def test_the_name_head_learns_to_spell_image_names_and_feeds_them_to_the_lm_as_words(lm_dir, tmp_path):
+    from trace_core.backbones.mini import MiniBackbone, MiniConfig, TraceMini
+
+    names = ["red square", "blue square", "green square", "yellow square"]
+    paths = [_png(tmp_path / f"{i}.png", n.split()[0]) for i, n in enumerate(names)]
+    model = _mini(lm_dir)
+    assert model.config.name_slots > 0
+    features = model.image_features([Image.open(p) for p in paths])
+    before = model.read_names(features)
+    assert before == [""] * 4  # unfitted: every slot spells the end piece
+    exact = model.fit_name_head(features, names, steps=300, batch_size=8, lr=3e-3)
+    assert exact == 1.0 and model.read_names(features) == names
+    assert not any(p.requires_grad for p in model.namer.parameters())  # frozen outside its own stage
+    # the slots enter the LM as soft words: the first slot of "red square" is (nearly) the word " red"
+    tokens = model.image_tokens(features[:1])[0]
+    assert tokens.shape[0] == model.config.image_tokens
+    slots = tokens[-model.config.name_slots:]
+    table = model.word_table()
+    first = model.tokenizer(" red", add_special_tokens=False)["input_ids"][0]
+    assert torch.nn.functional.cosine_similarity(slots[0], table[first], dim=0) > 0.9
+    # a checkpoint keeps the head although it is frozen; inference reads the same names back
+    model.export(tmp_path / "ckpt")
+    loaded = MiniBackbone.from_pretrained(tmp_path / "ckpt", device="cpu").model
+    assert loaded.read_names(loaded.image_features([Image.open(p) for p in paths])) == names
+    # checkpoints from before the head load without one
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    del config["name_slots"]
+    assert MiniConfig.from_dict(config).name_slots == 0
+    plain = TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64, name_slots=0), lm_dir=lm_dir)
+    assert plain.image_tokens(features[:1]).shape[1] == plain.config.image_tokens == 9 + 2
+    with pytest.raises(ValueError, match="no name head"):
+        plain.fit_name_head(features, names)
+    with pytest.raises(ValueError, match="4 feature rows for 3 names"):
+        model.fit_name_head(features, names[:3])
+
+
+def test_cli_names_stage_needs_a_model_with_a_name_head(tiny_qwen_dir, tmp_path, capsys):
+    data = _named_fixture(tmp_path)
+    assert main(["--stage", "names", "--data", str(data), "--base", str(tiny_qwen_dir),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "name head" in capsys.readouterr().err

@@ -28,6 +28,12 @@ Naming stage (`--stage naming`, TRACE-mini): before the joint objective, the CoT
 keeps those examples as one more pair in the joint stage.
 
     python -m trace_core.train --stage naming --data D --out runs/naming --steps 150 --batch-size 32
+
+Name-head stage (`--stage names`, TRACE-mini with `name_slots`): before both, the name head alone learns to spell
+each named training image's name from its frozen features (no LM in the loop: minutes on a CPU); its slots then
+reach the LM as soft words (`backbones/mini.py`, `NameHead`).
+
+    python -m trace_core.train --stage names --data D --out runs/names --steps 1500 --batch-size 64 --lr 1e-3
     python -m trace_core.train --data D --out runs/joint --init runs/naming/model --naming ...
 
 Checkpointing: every `save_every` steps the trainable weights, optimizer, schedule and RNG states are written
@@ -59,7 +65,7 @@ from .atomic import atomic_file
 from .backbones.base import Backbone, RenderedPrompt
 from .encoder import EncoderConfig, TraceEncoder
 from .examples import Example, load_examples
-from .naming import NAMING_PAIR, naming_examples
+from .naming import NAMING_PAIR, image_names, naming_examples
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
 from .records import Candidate, Query, load_image
 
@@ -515,6 +521,35 @@ def precompute_features(model, examples: dict[str, list[Example]], store: str | 
         model.save_feature_store(store)
 
 
+def fit_names(args, cfg: TrainConfig, examples: dict[str, list[Example]]) -> int:
+    """The name-head stage: fit TRACE-mini's name head on every named training image, export the model."""
+    named = image_names(examples)
+    if not named:
+        raise ValueError(f"no named training images under {args.data}")
+    model, style = build_model(args.base, args.init)
+    if not getattr(getattr(model, "config", None), "name_slots", 0):
+        raise ValueError("--stage names needs a TRACE-mini model with a name head (name_slots > 0)")
+    precompute_features(model, {NAMING_PAIR: naming_examples(examples)}, args.feature_store)
+    paths = sorted(named)
+    features = torch.stack([model.feature_cache(p) for p in paths])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+
+    def log_step(step: int, loss: float) -> None:
+        lines.append(json.dumps({"step": step, "loss": round(loss, 4)}))
+        log.info("name head step %d: loss %.4f", step, loss)
+
+    exact = model.fit_name_head(features, [named[p] for p in paths], steps=cfg.steps, batch_size=cfg.batch_size,
+                                lr=cfg.lr, seed=cfg.seed, log=log_step)
+    lines.append(json.dumps({"images": len(paths), "spelt_exactly": round(exact, 4)}))
+    atomic_file(out / "names_log.jsonl", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    model.export(out / "model", style)
+    print(f"name head: {exact:.3f} of {len(paths)} training images spelt exactly")
+    print(f"wrote {out / 'model'}")
+    return 0
+
+
 def _boolean(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
@@ -532,9 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--init", default=None, help="start from the weights of this TRACE-mini checkpoint")
     parser.add_argument("--feature-store", default=None,
                         help="file that keeps the frozen image features between runs (TRACE-mini)")
-    parser.add_argument("--stage", choices=("joint", "naming"), default="joint",
+    parser.add_argument("--stage", choices=("joint", "naming", "names"), default="joint",
                         help="joint: the TRACE objective; naming: the CoT loss alone on 'The image shows "
-                             "{name}.' for every named training image (see trace_core/naming.py)")
+                             "{name}.' for every named training image (see trace_core/naming.py); names: "
+                             "the name head alone (TRACE-mini), from frozen image features to names")
     parser.add_argument("--naming", action="store_true",
                         help="joint stage: add the naming examples as one more pair, named 'naming'")
     for f in dataclasses.fields(TrainConfig):
@@ -550,6 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
     try:
         examples = load_examples(Path(args.data), "train", args.pairs)
+        if args.stage == "names":
+            return fit_names(args, cfg, examples)
         if args.stage == "naming" or args.naming:
             named = naming_examples(examples)
             if not named:
