@@ -333,3 +333,51 @@ def test_query_results_carry_the_encoders_first_step(encoder):
     events = list(encoder.stream_query(queries[0], "always", first_step=True, top_tokens=3))
     assert events[0].route == "reason" and len(events[0].top) == 3 and events[-1].first_step is events[0]
     assert not any(type(e).__name__ == "FirstStep" for e in encoder.stream_query(queries[0], "never"))
+
+
+def test_repeated_ngram_tokens():
+    from trace_core.encoder import repeated_ngram_tokens
+
+    toks = [1, 2, 3, 1, 2]
+    assert repeated_ngram_tokens(toks, 3) == {3}  # "1 2" was followed by 3 before
+    assert repeated_ngram_tokens(toks, 2) == {3}  # "2" was followed by 3 before
+    assert repeated_ngram_tokens(toks, 1) == {1, 2, 3}
+    assert repeated_ngram_tokens([1, 2], 3) == set() and repeated_ngram_tokens(toks, 0) == set()
+
+
+def _ngrams(ids, n):
+    return [tuple(ids[k : k + n]) for k in range(len(ids) - n + 1)]
+
+
+def test_repetition_guard_blocks_repeated_ngrams_and_otherwise_decodes_greedily(tiny_qwen_dir):
+    enc = trace_core.load_model(tiny_qwen_dir, config=EncoderConfig(max_cot_tokens=24))
+    queries = _queries()[:4]
+    plain = enc.encode_queries(queries, reasoning="always")
+    assert all(r.no_repeat_ngram == 0 for r in plain)
+    assert any(len(set(_ngrams(r.cot_token_ids, 2))) < len(_ngrams(r.cot_token_ids, 2)) for r in plain)  # loops
+    guarded = enc.encode_queries(queries, reasoning="always", no_repeat_ngram=2)
+    for q, p, g in zip(queries, plain, guarded, strict=True):
+        assert g.no_repeat_ngram == 2
+        grams = _ngrams(g.cot_token_ids, 2)
+        assert len(set(grams)) == len(grams)  # no bigram twice
+        # greedy up to the first token the guard had to block; that token is the best unblocked one
+        pairs = zip(p.cot_token_ids, g.cot_token_ids, strict=False)  # either may stop first
+        same = next((k for k, (a, b) in enumerate(pairs) if a != b), None)
+        if same is not None:
+            assert p.cot_token_ids[:same] == g.cot_token_ids[:same]
+            _, logits = _full_forward(enc, q, g.cot_token_ids[:same])
+            logits[sorted(trace_core.encoder.repeated_ngram_tokens(list(g.cot_token_ids[:same]), 2))] = -torch.inf
+            assert int(logits.argmax()) == g.cot_token_ids[same]
+        hidden, _ = _full_forward(enc, q, g.cot_token_ids)  # the embedding is still the pre-token state
+        np.testing.assert_allclose(g.embedding, _unit(hidden), atol=1e-5)
+    assert any(p.cot_token_ids != g.cot_token_ids for p, g in zip(plain, guarded, strict=True))
+    # the config's default applies when a call does not say; streaming decodes the same
+    on = trace_core.load_model(tiny_qwen_dir, config=EncoderConfig(max_cot_tokens=24, no_repeat_ngram=2))
+    assert on.encode_queries(queries[:1], reasoning="always")[0].cot_token_ids == guarded[0].cot_token_ids
+    streamed = list(on.stream_query(queries[0], reasoning="always"))[-1]
+    assert streamed.cot_token_ids == guarded[0].cot_token_ids
+    assert on.encode_queries(queries[:1], reasoning="always", no_repeat_ngram=0)[0].cot_token_ids == \
+        plain[0].cot_token_ids
+    for bad in (-1, 2.5, 99, "x", True):
+        with pytest.raises(InputError, match="no_repeat_ngram"):
+            enc.encode_queries(queries[:1], no_repeat_ngram=bad)

@@ -45,6 +45,7 @@ from .records import (
     Query,
     QueryResult,
     ReasoningMode,
+    check_no_repeat_ngram,
     check_reasoning,
     check_routing_bias,
     load_image,
@@ -202,10 +203,13 @@ class BridgeEncoder:
         routing_bias: float = 0.0,
         batch_size: int | None = None,
         progress: bool = False,
+        no_repeat_ngram: int | None = None,
     ) -> list[QueryResult]:
-        """Encode queries; every one takes the direct route (a dual encoder never reasons)."""
+        """Encode queries; every one takes the direct route (a dual encoder never reasons, so the repetition
+        guard has nothing to guard; it is checked all the same)."""
         check_reasoning(reasoning)
         routing_bias = check_routing_bias(routing_bias)
+        check_no_repeat_ngram(no_repeat_ngram or 0)
         for q in queries:
             q.validate()
         results: list[QueryResult] = []
@@ -222,10 +226,12 @@ class BridgeEncoder:
         return results
 
     def stream_query(
-        self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0
+        self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0, *,
+        no_repeat_ngram: int | None = None,
     ) -> Iterator[QueryResult]:
         """Yield the `QueryResult` (there is no chain of thought to stream)."""
-        yield from self.encode_queries([query], reasoning=reasoning, routing_bias=routing_bias)
+        yield from self.encode_queries([query], reasoning=reasoning, routing_bias=routing_bias,
+                                       no_repeat_ngram=no_repeat_ngram)
 
     # ------------------------------------------------------------------ candidates
     def encode_candidates(

@@ -40,6 +40,7 @@ from .records import (
     ReasoningMode,
     Route,
     TokenScore,
+    check_no_repeat_ngram,
     check_reasoning,
     check_routing_bias,
     load_image,
@@ -59,13 +60,14 @@ class Encoder(Protocol):
         ...
 
     def encode_queries(self, queries: Sequence[Query], reasoning: ReasoningMode = "auto",
-                       routing_bias: float = 0.0, batch_size: int | None = None, progress: bool = False
-                       ) -> list[QueryResult]:
-        """One `QueryResult` per query (route, CoT, embedding [D], latency)."""
+                       routing_bias: float = 0.0, batch_size: int | None = None, progress: bool = False,
+                       no_repeat_ngram: int | None = None) -> list[QueryResult]:
+        """One `QueryResult` per query (route, CoT, embedding [D], latency). `no_repeat_ngram`: the repetition
+        guard of CoT decoding for this call (None: the encoder's default)."""
         ...
 
-    def stream_query(self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0
-                     ) -> Iterator[CotDelta | QueryResult]:
+    def stream_query(self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0, *,
+                     no_repeat_ngram: int | None = None) -> Iterator[CotDelta | QueryResult]:
         """The CoT as `CotDelta`s while it is generated, then the `QueryResult`."""
         ...
 
@@ -145,6 +147,11 @@ class EncoderConfig:
     candidate_batch_size: int = 16  # candidates per forward pass
     max_cot_tokens: int | None = None  # token cap on the CoT; None takes the prompt style's cap
     top_tokens: int = 5  # most likely first-step tokens kept in each `FirstStep` (for display)
+    # Repetition guard: greedy decoding never writes an n-gram of this length twice in one CoT (0: off, the
+    # paper's plain greedy decoding, which evaluation keeps). A looping CoT ("... van van van") then has to
+    # move on instead of running to the token cap. Queries only (candidates never decode), so it is not part of
+    # the fingerprint that keys candidate caches; each QueryResult records the value it was decoded with.
+    no_repeat_ngram: int = 0
 
 
 @dataclass
@@ -154,6 +161,25 @@ class _Event:
     token: int = -1
     result: QueryResult | None = None
     first: FirstStep | None = None
+
+
+def repeated_ngram_tokens(toks: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete, after `toks`, an n-gram that `toks` already contains."""
+    if n < 1 or len(toks) < n:
+        return set()
+    prefix = tuple(toks[len(toks) - n + 1 :]) if n > 1 else ()
+    return {toks[k + n - 1] for k in range(len(toks) - n + 1) if tuple(toks[k : k + n - 1]) == prefix}
+
+
+def _greedy(logits: torch.Tensor, toks: list[int], no_repeat_ngram: int) -> int:
+    """The next CoT token: the argmax, except a token that would repeat an n-gram already in the CoT when the
+    repetition guard is on (`<|emb|>` and stop tokens never enter a CoT, so they are never blocked)."""
+    if no_repeat_ngram and len(toks) >= no_repeat_ngram:
+        blocked = repeated_ngram_tokens(toks, no_repeat_ngram)
+        if blocked:
+            logits = logits.clone()
+            logits[torch.tensor(sorted(blocked))] = float("-inf")
+    return int(logits.argmax())
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
@@ -200,12 +226,14 @@ class TraceEncoder:
         routing_bias: float = 0.0,
         batch_size: int | None = None,
         progress: bool = False,
+        no_repeat_ngram: int | None = None,
     ) -> list[QueryResult]:
-        """Encode queries; each result carries its route, CoT, embedding [D] and latency."""
+        """Encode queries; each result carries its route, CoT, embedding [D] and latency. `no_repeat_ngram`
+        overrides the config's repetition guard for this call."""
         results: list[QueryResult] = []
         for chunk in batches(queries, batch_size or self.config.query_batch_size, "queries", progress):
             done: dict[int, QueryResult] = {}
-            for ev in self._run(chunk, reasoning, routing_bias):
+            for ev in self._run(chunk, reasoning, routing_bias, no_repeat_ngram=no_repeat_ngram):
                 if ev.kind == "done":
                     done[ev.row] = ev.result
             results.extend(done[i] for i in range(len(chunk)))
@@ -213,7 +241,7 @@ class TraceEncoder:
 
     def stream_query(
         self, query: Query, reasoning: ReasoningMode = "auto", routing_bias: float = 0.0, *,
-        first_step: bool = False, top_tokens: int | None = None,
+        first_step: bool = False, top_tokens: int | None = None, no_repeat_ngram: int | None = None,
     ) -> Iterator[FirstStep | CotDelta | QueryResult]:
         """Yield the CoT as `CotDelta`s while it is generated, then the `QueryResult`.
 
@@ -222,7 +250,7 @@ class TraceEncoder:
         """
         tokens: list[int] = []
         shown = ""
-        for ev in self._run([query], reasoning, routing_bias, top_tokens):
+        for ev in self._run([query], reasoning, routing_bias, top_tokens, no_repeat_ngram):
             if ev.kind == "first":
                 if first_step:
                     yield ev.first
@@ -240,10 +268,11 @@ class TraceEncoder:
                 yield final
 
     def _run(self, queries: list[Query], reasoning: ReasoningMode, bias: float,
-             top_tokens: int | None = None) -> Iterator[_Event]:
+             top_tokens: int | None = None, no_repeat_ngram: int | None = None) -> Iterator[_Event]:
         """The TRACE decoding loop for one batch; yields first steps, generated tokens and finished results."""
         check_reasoning(reasoning)
         bias = check_routing_bias(bias)
+        guard = check_no_repeat_ngram(self.config.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram)
         bb, emb = self.backbone, self.backbone.emb_token_id
         top = self.config.top_tokens if top_tokens is None else top_tokens
         t0 = time.perf_counter()
@@ -272,6 +301,7 @@ class TraceEncoder:
                 reasoning=reasoning,
                 routing_bias=bias,
                 first_step=steps[i],
+                no_repeat_ngram=guard,
             )
 
         pool_emb_token = self.style.pooling == "emb_token"
@@ -299,7 +329,7 @@ class TraceEncoder:
                     yield _Event("done", i, result=result(i, hidden[j], toks[i], pending.pop(i)))
                     continue
                 # The first token is the decision's (`<|emb|>` or the CoT's first token); then greedy decoding.
-                nxt = steps[i].first_token if first_step else int(logits[j].argmax())
+                nxt = steps[i].first_token if first_step else _greedy(logits[j], toks[i], guard)
                 if nxt == emb:
                     if pool_emb_token:
                         pending[i] = "direct" if first_step else "emb"

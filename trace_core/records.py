@@ -52,6 +52,25 @@ def check_routing_bias(bias: object) -> float:
     return value
 
 
+MAX_NO_REPEAT_NGRAM = 8
+
+
+def check_no_repeat_ngram(n: object) -> int:
+    """The repetition guard's n-gram length: 0 (off) or a whole number from 1 to MAX_NO_REPEAT_NGRAM."""
+    value = None
+    if not isinstance(n, bool):
+        try:
+            number = float(n)  # type: ignore[arg-type]
+            if number.is_integer():
+                value = int(number)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if value is None or not 0 <= value <= MAX_NO_REPEAT_NGRAM:
+        raise InputError(f"no_repeat_ngram must be 0 (off) or a whole number from 1 to {MAX_NO_REPEAT_NGRAM}; "
+                         f"got {n!r}.")
+    return value
+
+
 def check_k(k: object) -> int:
     """`k` of a top-k or a recall@k as an int: a whole number >= 1. UI sliders and API calls send floats
     (10.0) or strings ("7"); those are accepted when they hold a whole number."""
@@ -199,6 +218,7 @@ class QueryResult:
     routing_bias: float = 0.0  # offset that was added to the <|emb|> logit at the first step
     first_step: FirstStep | None = field(default=None, repr=False)  # the decision's record (None for encoders
     # that do not route, and for CoTs given as text to `encode_with_cot`)
+    no_repeat_ngram: int = 0  # the repetition guard it was decoded with (0: plain greedy decoding)
 
     @property
     def truncated(self) -> bool:
