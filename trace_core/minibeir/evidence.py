@@ -308,20 +308,17 @@ def frozen_gold_ranks(queries: np.ndarray, candidates: np.ndarray, cand_ids: Seq
                       positives: Sequence[set[str]]) -> np.ndarray:
     """Best 1-based rank of any positive by cosine similarity, per query [Q] (NaN: no positive in the pool).
 
-    queries [Q, D], candidates [N, D]: any scale (rows are L2-normalised here); ties share the better rank."""
+    queries [Q, D], candidates [N, D]: any scale (rows are L2-normalised here). The ranks are the index's
+    (`CandidateIndex.gold_ranks`, the one definition: ties share the better rank)."""
+    from ..index import CandidateIndex
+
     def unit(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    scores = unit(queries) @ unit(candidates).T  # [Q, N]
-    where = {did: j for j, did in enumerate(cand_ids)}
-    out = np.full(len(scores), np.nan)
-    for i, pos in enumerate(positives):
-        cols = [where[d] for d in pos if d in where]
-        if cols:
-            best = scores[i, cols].max()
-            out[i] = 1 + np.count_nonzero(scores[i] > best)
-    return out
+    index = CandidateIndex.build(list(cand_ids), unit(candidates), model_id="frozen-features")
+    ranks, _, _ = index.gold_ranks(unit(queries), [set(p) for p in positives])
+    return ranks
 
 
 # ------------------------------------------------------------------------------------ the checklist

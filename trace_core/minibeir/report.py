@@ -113,23 +113,6 @@ def _run_dir(work: Path, name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------ model-side evidence
-def _gold_ranks(index, embeddings: np.ndarray, positives: Sequence[Sequence[str]]) -> np.ndarray:
-    """Exact best rank of any positive per query [Q] over the index, as evaluate computes it (NaN: none)."""
-    known = set(index.ids)
-    rows, dids = [], []
-    for i, pos in enumerate(positives):
-        for did in pos:
-            if did in known:
-                rows.append(i)
-                dids.append(did)
-    out = np.full(len(embeddings), np.nan)
-    if rows:
-        ranks, _ = index.ranks_of(embeddings[rows], dids)
-        for i, r in zip(rows, ranks, strict=True):
-            out[i] = r if np.isnan(out[i]) else min(out[i], r)
-    return out
-
-
 def _as_query(row, data: Path) -> Query:
     """A query as the evaluation encoded it: its text, image and the instruction it was given."""
     image = resolve_image(data, row.query_img_path) if isinstance(row.query_img_path, str) else None
@@ -164,7 +147,7 @@ def run_oracles(encoder: TraceEncoder, data: Path, split: str, auto: pd.DataFram
             if keep:
                 log.info("oracle %s / %s: %d queries", name, row_name, len(keep))
                 res = encoder.encode_with_cot([queries[i] for i in keep], [given[i] for i in keep])
-                ranks = _gold_ranks(index, np.stack([r.embedding for r in res]), [positives[i] for i in keep])
+                ranks, _, _ = index.gold_ranks(np.stack([r.embedding for r in res]), [positives[i] for i in keep])
             entry[row_name] = {"n": len(keep), **(E.recalls(ranks) or {})}
             pooled.setdefault(row_name, []).append(ranks)
         out[name] = entry
