@@ -8,7 +8,16 @@ PY=${PYTHON:-python3}
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing chromium (apt-get) for the browser test"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    # Another apt-get (an image's own set-up, unattended upgrades) may hold the dpkg lock: wait for it, retry.
+    for try in 1 2 3 4 5; do
+      if apt-get -o DPkg::Lock::Timeout=120 update -qq && DEBIAN_FRONTEND=noninteractive apt-get \
+          -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends chromium >/dev/null; then
+        break
+      fi
+      [ "$try" = 5 ] && { echo "setup: apt-get failed 5 times; the browser test will be skipped" >&2; break; }
+      echo "setup: apt-get failed (try $try of 5); retrying in 20 s" >&2
+      sleep 20
+    done
   else
     echo "setup: chromium is missing and apt-get needs root; the browser test will be skipped" >&2
   fi
