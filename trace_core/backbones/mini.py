@@ -41,6 +41,7 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
 from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
+from .namer import NameHead
 from .pretrained import IMAGENET_MEAN, IMAGENET_STD, SMOLLM2, imagenet_class_names, load_lm, load_vision
 
 MODEL_TYPE = "trace_mini"
@@ -133,7 +134,8 @@ class TraceMini(nn.Module):
             self.colour = nn.Sequential(nn.Linear(HIST_BINS**3, hidden), nn.GELU(), nn.Linear(hidden, hidden),
                                         colour_norm)
         if config.name_slots:
-            self.namer = NameHead(config, hidden)
+            self.namer = NameHead(config.vision_dim, config.image_grid, HIST_BINS**3 if config.colour_token else 0,
+                                  config.name_slots, config.name_vocab, hidden)
             self.namer.set_vocab([NameHead.end_id(tokenizer)])  # until fitted, every slot spells the end "."
         # Mean input embedding of each ImageNet class name [1000, H]: derived from frozen weights, not saved.
         self.register_buffer("class_words", self._class_word_embeddings(tokenizer, table), persistent=False)
@@ -265,61 +267,16 @@ class TraceMini(nn.Module):
         """The LM's (frozen) input word embeddings [V, H]."""
         return self.lm.get_input_embeddings().weight
 
-    def name_targets(self, names: list[str]) -> torch.Tensor:
-        """Names -> the ids the name head must spell [N, slots]: " {name}" cut to slots - 1 pieces, then
-        the end piece "." repeated."""
-        k, end = self.config.name_slots, self.namer.end_id(self.tokenizer)
-        rows = []
-        for name in names:
-            ids = self.tokenizer(" " + name.strip(), add_special_tokens=False)["input_ids"][: k - 1] + [end]
-            rows.append(ids + [end] * (k - len(ids)))
-        return torch.tensor(rows, dtype=torch.long)
-
-    def fit_name_head(self, features: torch.Tensor, names: list[str], steps: int = 1500, batch_size: int = 64,
-                      lr: float = 1e-3, seed: int = 0, log=None) -> float:
-        """Train the name head alone (the LM is not run): fixed image features [N, vision_dim, C] -> their
-        names. Sets the head's spelling vocabulary to the pieces of these names. Returns the share of images
-        whose whole name it spells back exactly."""
+    def fit_name_head(self, features: torch.Tensor, names: list[str], **kwargs) -> float:
+        """Fit the name head alone on fixed image features [N, vision_dim, C] and their names (`NameHead.fit`);
+        returns the share of images whose name it spells back exactly."""
         if not self.config.name_slots:
             raise ValueError("this model has no name head (name_slots = 0)")
-        if len(features) != len(names) or not names:
-            raise ValueError(f"{len(features)} feature rows for {len(names)} names")
-        head = self.namer
-        head.set_vocab(self.name_targets(names).unique().tolist() + [head.end_id(self.tokenizer)])
-        targets = head.local_ids(self.name_targets(names).to(head.vocab.device))
-        features = features.to(head.vocab.device, torch.float32)
-        gen = torch.Generator().manual_seed(seed)
-        head.requires_grad_(True)
-        head.train()
-        opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-        table = self.word_table().detach()
-        for step in range(steps):
-            rows = torch.randint(0, len(names), (batch_size,), generator=gen)
-            logits = head(features[rows], table)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets[rows].flatten())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if log is not None and (step % 250 == 0 or step == steps - 1):
-                log(step, loss.item())
-        head.requires_grad_(False)
-        head.eval()
-        with torch.no_grad():
-            hits = [(head(features[i : i + 256], table).argmax(-1) == targets[i : i + 256]).all(-1)
-                    for i in range(0, len(names), 256)]
-        return float(torch.cat(hits).float().mean())
+        return self.namer.fit(features, names, self.tokenizer, self.word_table().detach(), **kwargs)
 
-    @torch.no_grad()
     def read_names(self, features: torch.Tensor) -> list[str]:
-        """What the name head spells for each image [N, vision_dim, C] (its argmax pieces up to the end)."""
-        head = self.namer
-        ids = head.vocab[head(features.to(head.vocab.device, torch.float32), self.word_table()).argmax(-1)]
-        end = head.end_id(self.tokenizer)
-        out = []
-        for row in ids.tolist():
-            row = row[: row.index(end)] if end in row else row
-            out.append(self.tokenizer.decode(row).strip())
-        return out
+        """What the name head spells for each image [N, vision_dim, C]."""
+        return self.namer.read(features, self.tokenizer, self.word_table())
 
     def merge_lora(self) -> None:
         """Fold LoRA into the frozen weights for inference (W += B A * alpha / r); training stops here."""
@@ -443,66 +400,6 @@ class TraceMini(nn.Module):
             mask[i, length - s.shape[0] :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
         return embeds, mask, positions
-
-
-class NameHead(nn.Module):
-    """Spells what an image shows as `name_slots` word pieces, from the frozen image features alone.
-
-    A projector trained from scratch inside the LM's losses learns to name images far too slowly on a CPU
-    budget (v2 run 2: 3 of 40 training images named exactly after 150 naming steps). Trained on its own, with
-    no LM in the loop (BLIP-2 also aligns its vision side before it meets the LM), it spells back the names of
-    the images it was trained on within minutes; its slots then enter the LM as soft words (probability-weighted
-    mixes of word embeddings), so the LM reads a name instead of having to decode one from raw features. It
-    knows only the word pieces of the names it was fitted on (`vocab`), and for an image unlike any of them it
-    spells the nearest name it knows: the other image tokens still carry the picture itself.
-
-    slot k: cells (LayerNorm, Linear 128 each) + global (LayerNorm, Linear 256) + colour (Linear 128)
-            --MLP--> slots x H --cosine with the word embeddings of `vocab`, times a learnt scale--> logits
-    """
-
-    def __init__(self, config: MiniConfig, hidden: int):
-        super().__init__()
-        g2, self.slots, self.hidden = config.image_grid**2, config.name_slots, hidden
-        self.grid = config.image_grid
-        self.colour = config.colour_token
-        self.cell = nn.Sequential(nn.LayerNorm(config.vision_dim), nn.Linear(config.vision_dim, 128))
-        self.glob = nn.Sequential(nn.LayerNorm(config.vision_dim), nn.Linear(config.vision_dim, 256))
-        self.hist = nn.Linear(HIST_BINS**3, 128) if config.colour_token else None
-        width = 128 * g2 + 256 + (128 if config.colour_token else 0)
-        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, 1024), nn.GELU(), nn.Dropout(0.1),
-                                 nn.Linear(1024, self.slots * hidden))
-        self.scale = nn.Parameter(torch.tensor(10.0))
-        # Word-piece ids it can spell; -1 marks unused rows (masked). Set by TraceMini.fit_name_head.
-        self.register_buffer("vocab", torch.full((config.name_vocab,), -1, dtype=torch.long))
-        self.requires_grad_(False)  # trained only in its own stage
-
-    @staticmethod
-    def end_id(tokenizer) -> int:
-        return tokenizer.convert_tokens_to_ids(".")
-
-    def set_vocab(self, ids: list[int]) -> None:
-        ids = sorted(set(ids))
-        if len(ids) > len(self.vocab):
-            raise ValueError(f"the names use {len(ids)} distinct word pieces; the name head holds "
-                             f"{len(self.vocab)} (raise name_vocab)")
-        self.vocab.fill_(-1)
-        self.vocab[: len(ids)] = torch.tensor(ids, dtype=torch.long)
-
-    def local_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Word-piece ids -> their rows in `vocab`."""
-        lookup = {int(v): i for i, v in enumerate(self.vocab.tolist()) if v >= 0}
-        return torch.tensor([[lookup[int(t)] for t in row] for row in ids.tolist()], device=ids.device)
-
-    def forward(self, features: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """Features [N, vision_dim, C] and word embeddings [V, H] -> logits over `vocab` [N, slots, len(vocab)]."""
-        g2 = self.grid**2
-        parts = [self.cell(features[..., :g2].transpose(1, 2)).flatten(1), self.glob(features[..., g2])]
-        if self.hist is not None:
-            parts.append(self.hist(features[:, : HIST_BINS**3, g2 + 1] * 4))
-        slots = nn.functional.normalize(self.mlp(torch.cat(parts, -1)).view(-1, self.slots, self.hidden), dim=-1)
-        words = nn.functional.normalize(table[self.vocab.clamp(min=0)].to(slots.dtype), dim=-1)
-        logits = self.scale * slots @ words.T
-        return logits.masked_fill(self.vocab < 0, float("-inf"))
 
 
 def _make_readable(directory: Path) -> None:
