@@ -56,7 +56,7 @@ def test_the_naming_stage_trains_the_image_tokens_on_the_cot_loss_alone(lm_dir, 
                                    for p, n in zip(paths, ["red square", "blue square", "green square"], strict=True)]})
     cfg = TrainConfig(steps=3, batch_size=3, warmup=1, lambda_ret=0.0, lambda_direct=0.0, hard_negatives=False,
                       self_cot_from=1.0, random_instruction=False, group_weights="complex=1", save_every=3)
-    trainer = Trainer(_mini(lm_dir), TRACE_STYLE, {NAMING_PAIR: named}, tmp_path / "run", cfg)
+    trainer = Trainer(_mini(lm_dir, name_slots=4), TRACE_STYLE, {NAMING_PAIR: named}, tmp_path / "run", cfg)
     calls = []
     fwd = trainer.model.forward_train
 
@@ -157,7 +157,7 @@ def test_the_name_head_learns_to_spell_image_names_and_feeds_them_to_the_lm_as_w
 
     names = ["red square", "blue square", "green square", "yellow square"]
     paths = [_png(tmp_path / f"{i}.png", n.split()[0]) for i, n in enumerate(names)]
-    model = _mini(lm_dir)
+    model = _mini(lm_dir, name_slots=MiniConfig().name_slots)  # the default: new models have a head
     assert model.config.name_slots > 0
     features = model.image_features([Image.open(p) for p in paths])
     before = model.read_names(features)

@@ -32,9 +32,10 @@ def data(tmp_path_factory):
     return _label(build_fixture(tmp_path_factory.mktemp("mbeir")))
 
 
-def _mini(lm_dir: Path) -> TraceMini:
+def _mini(lm_dir: Path, name_slots: int = 0) -> TraceMini:
+    """A tiny TRACE-mini; without a name head unless asked (the head has its own tests in test_naming)."""
     torch.manual_seed(0)
-    return TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64), lm_dir=lm_dir)
+    return TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64, name_slots=name_slots), lm_dir=lm_dir)
 
 
 def assert_resume_is_exact(lm_dir: Path, examples, cfg: TrainConfig, tmp: Path, until: int) -> None:

@@ -13,19 +13,10 @@ from peft.tuners.lora import LoraLayer
 
 from tests.mbeir_fixture import build_fixture
 from tests.test_train import COT, _label, _mini, assert_resume_is_exact
+from trace_core.batching import GroupSampler, not_negatives, pair_group, parse_group_weights
 from trace_core.prompts import TRACE_STYLE
 from trace_core.records import Candidate, Query
-from trace_core.train import (
-    Example,
-    GroupSampler,
-    TrainConfig,
-    Trainer,
-    _boolean,
-    load_examples,
-    not_negatives,
-    pair_group,
-    parse_group_weights,
-)
+from trace_core.train import Example, TrainConfig, Trainer, _boolean, load_examples
 
 V2 = dict(random_instruction=False, hard_negatives=False, self_cot_from=1.0)  # each test turns on what it tests
 
