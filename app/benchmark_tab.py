@@ -8,6 +8,7 @@ import pandas as pd
 from trace_core.metrics import headline_metric
 
 from .services import Services
+from .usecases import about_model
 
 # Reported on M-BEIR's local pools (mean of 16 pairs), TRACE paper (arXiv 2603.02929), Table 1 and Sec. 4.
 PAPER_MBEIR = pd.DataFrame(
@@ -57,6 +58,63 @@ def comparison_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame({"pair": [*pairs, "average"], **data})
 
 
+def _run_modes(report: dict) -> dict[str, tuple[str, float]]:
+    """The loaded model's own runs by reasoning mode ("auto" / "always" / "never") -> (run name, average).
+
+    The report's first run is the loaded model's; a run of another model (an ablation, a baseline) is not one
+    of its modes. A run without its own record (the auto run's always-reason counterfactual) is named by mode.
+    """
+    runs = report["runs"]
+    own = (next(iter(runs.values())).get("model") or {}).get("model_id")
+    out: dict[str, tuple[str, float]] = {}
+    for name, run in runs.items():
+        if (run.get("model") or {}).get("model_id") not in (None, own):
+            continue
+        mode = (run.get("config") or {}).get("reasoning")
+        mode = mode or next((m for m in ("always", "never", "auto") if m in name.lower()), None)
+        if mode and mode not in out:
+            out[mode] = (name, 100 * run["average"]["headline"])
+    return out
+
+
+def benchmark_reading(report: dict, demo: bool = True) -> str:
+    """One paragraph that reads the comparison table: the best run, and whether reasoning helps the loaded
+    model on average (auto vs never vs always), computed from the numbers the table shows."""
+    runs = report["runs"]
+    table = comparison_table(report)
+    avg = table.iloc[-1]
+    best = max(runs, key=lambda n: avg[n])
+    lines = [f"**Reading the table.** Best on average: *{best}* ({avg[best]:.1f})."]
+    modes = {m: (n, round(v, 1)) for m, (n, v) in _run_modes(report).items()}
+    who = "this demo model" if demo else "this model"
+    if "auto" in modes and "never" in modes:
+        (auto_n, auto), (never_n, never) = modes["auto"], modes["never"]
+        always = modes.get("always")
+        if auto > never:
+            verdict = (f"Letting the model choose when to reason (*{auto_n}*, {auto:.1f}) beats never reasoning "
+                       f"(*{never_n}*, {never:.1f}): for {who}, reasoning helps on average.")
+        else:
+            tie = "scores the same as" if auto == never else "scores higher than"
+            verdict = (f"Never reasoning (*{never_n}*, {never:.1f}) {tie} letting the model choose when to reason "
+                       f"(*{auto_n}*, {auto:.1f})")
+            if always is not None:
+                low = " and is the lowest of the three" if always[1] < min(auto, never) else ""
+                verdict += f"; reasoning on every query (*{always[0]}*) scores {always[1]:.1f}{low}"
+            verdict += f": for {who}, reasoning does not yet help retrieval on average."
+        lines.append(verdict)
+        rows = table.iloc[:-1]
+        up = list(rows.loc[rows[auto_n] > rows[never_n], "pair"])
+        down = list(rows.loc[rows[auto_n] < rows[never_n], "pair"])
+        same = len(rows) - len(up) - len(down)
+
+        def listed(pairs: list[str]) -> str:
+            return f" ({', '.join(pairs)})" if pairs else ""
+
+        lines.append(f"Per pair, auto is above never on {len(up)} of {len(rows)}{listed(up)}, level on {same} and "
+                     f"below on {len(down)}{listed(down)}.")
+    return " ".join(lines)
+
+
 def build_benchmark_tab(services: Services) -> None:
     fp = services.fingerprint
     gr.Markdown(f"### Loaded model: `{fp['model_id']}` ({fp['style']} style, dim {fp['dim']})")
@@ -66,12 +124,13 @@ def build_benchmark_tab(services: Services) -> None:
                     "app with `--benchmark OUT/results.json`.")
     elif "runs" in report:
         gr.Markdown("Headline metric per pair on the held-out test split (%), for each mode and baseline:")
-        gr.Dataframe(comparison_table(report), interactive=False)
+        gr.Dataframe(comparison_table(report), interactive=False, wrap=True, elem_classes="fit-table")
+        gr.Markdown(benchmark_reading(report, about_model(services).demo), elem_classes="benchmark-reading")
         first = next(iter(report["runs"].values()))
         gr.Markdown("Full metrics of the default (auto) run:")
-        gr.Dataframe(run_table(first), interactive=False)
+        gr.Dataframe(run_table(first), interactive=False, wrap=True, elem_classes="fit-table")
     else:
-        gr.Dataframe(run_table(report), interactive=False)
+        gr.Dataframe(run_table(report), interactive=False, wrap=True, elem_classes="fit-table")
     gr.Markdown("### Reference numbers, as reported on M-BEIR (a different benchmark from the demo data)")
-    gr.Dataframe(PAPER_MBEIR, interactive=False)
+    gr.Dataframe(PAPER_MBEIR, interactive=False, wrap=True, elem_classes="fit-table")
     gr.Markdown(PAPER_ROUTING)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import gradio as gr
 import pandas as pd
+import plotly.graph_objects as go
 
 from analysis.difficulty import (
     BAND_ORDER,
@@ -20,6 +23,40 @@ from .services import Services
 
 COLUMNS = ["pair", "qid", "query_txt", "route", "cot_tokens", "gold_rank_direct", "gold_rank", "gold_rank_always",
            "cot"]
+
+
+# Readable headers for the tables of this tab (the analysis tables use column names).
+HEADERS = {"pair": "task", "qid": "query id", "query_txt": "query", "route": "route", "cot_tokens": "CoT tokens",
+           "gold_rank_direct": "gold rank direct", "gold_rank": "gold rank (route taken)",
+           "gold_rank_always": "gold rank always reason", "outcome": "outcome", "cot": "chain of thought",
+           "reason rate": "reason rate"}
+# Relative widths of the band listing's columns: the query and its chain of thought get the room.
+WIDTHS = {"task": 12, "query id": 7, "query": 19, "route": 6, "CoT tokens": 6, "gold rank direct": 7,
+          "gold rank (route taken)": 7, "gold rank always reason": 7, "outcome": 10, "chain of thought": 19}
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """A table with readable column headers (no snake_case), for display."""
+    return table.rename(columns=HEADERS)
+
+
+def fit_title(fig: go.Figure, width: int = 52) -> go.Figure:
+    """The figure's title wrapped onto short lines, so that it is not cut in a half-width plot."""
+    title = fig.layout.title.text or ""
+    lines = textwrap.wrap(title, width)
+    fig.update_layout(title={"text": "<br>".join(lines), "font": {"size": 15}},
+                      margin={"t": 40 + 20 * len(lines)})
+    return fig
+
+
+def band_listing(table: pd.DataFrame, band: str, outcome: str | None = None, k: int = 5) -> pd.DataFrame:
+    """The queries of a band, with readable headers."""
+    return readable(band_queries(table, band, outcome, k))
+
+
+def _widths(shown: pd.DataFrame) -> list[str]:
+    w = [WIDTHS.get(c, 8) for c in shown.columns]
+    return [f"{100 * x / sum(w):.1f}%" for x in w]
 
 
 def band_queries(table: pd.DataFrame, band: str, outcome: str | None = None, k: int = 5) -> pd.DataFrame:
@@ -49,22 +86,25 @@ def build_difficulty_tab(services: Services) -> None:
         f"{len(table)} benchmark queries; recall is R@{k}."
     )
     with gr.Row():
-        gr.Plot(reasoning_vs_difficulty(bands, k))
+        gr.Plot(fit_title(reasoning_vs_difficulty(bands, k)))
         if "gold_rank_always" in table:
-            gr.Plot(cost_benefit(bias_sweep(table, k=k), k))
+            gr.Plot(fit_title(cost_benefit(bias_sweep(table, k=k), k)))
     with gr.Row():
-        gr.Plot(per_band_cost(bands))
+        gr.Plot(fit_title(per_band_cost(bands)))
         with gr.Column():
-            gr.Markdown("**Routing outcomes** (reasoning helped = a hit at R@5 with the CoT, a miss without):")
+            gr.Markdown(f"**Routing outcomes** (reasoning helped = a hit at R@{k} with the CoT, a miss without):")
             if "gold_rank_always" in table:
-                gr.Dataframe(outcome_table(table, k), interactive=False)
-            gr.Markdown("**Per task**")
-            gr.Dataframe(by_task(table, k).round(3), interactive=False)
+                gr.Dataframe(outcome_table(table, k), interactive=False, wrap=True, elem_classes="fit-table")
+    gr.Markdown("**Per task**")
+    gr.Dataframe(readable(by_task(table, k).round(3)), interactive=False, wrap=True, elem_classes="fit-table")
     gr.Markdown("### Queries of a band")
     with gr.Row():
         band = gr.Dropdown(["all", *BAND_ORDER], value="rank > 100", label="difficulty band")
         outcomes = ["all"] + (sorted(outcome_of(table, k).unique()) if "gold_rank_always" in table else [])
         outcome = gr.Dropdown(outcomes, value="all", label="outcome")
-    listing = gr.Dataframe(band_queries(table, "rank > 100"), interactive=False, wrap=True)
-    band.change(lambda b, o: band_queries(table, b, o, k), [band, outcome], listing)
-    outcome.change(lambda b, o: band_queries(table, b, o, k), [band, outcome], listing)
+    first = band_listing(table, "rank > 100", None, k)
+    listing = gr.Dataframe(first, interactive=False, wrap=True, max_height=520, column_widths=_widths(first),
+                           elem_classes="fit-table")
+    band.change(lambda b, o: band_listing(table, b, o, k), [band, outcome], listing, api_visibility="private")
+    outcome.change(lambda b, o: band_listing(table, b, o, k), [band, outcome], listing,
+                   api_visibility="private")

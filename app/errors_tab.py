@@ -19,6 +19,7 @@ from PIL import Image
 from analysis.errors import QueryDetail, available_views, filter_errors, query_detail
 from trace_core.records import check_k
 
+from .display import STOP_NOTES, candidate_name
 from .services import Services
 from .usecases import UserError, checked
 
@@ -259,7 +260,9 @@ def candidate_markdown(c: CandidateView | None) -> str:
     lines = [f"`{c.did}` · {where} · score {_score(c.score)}{tag}"]
     if c.text:
         lines.append(f"> {_esc(c.text)}")
-    elif c.found and not c.image and not c.note:
+    elif c.found and c.image:
+        lines.append(f"> {_esc(candidate_name(None, c.image))} (an image without text)")
+    elif c.found and not c.note:
         lines.append("(no text)")
     if c.note:
         lines.append(f"*{_esc(c.note)}*")
@@ -296,7 +299,8 @@ def show_detail(services: Services, pair: str | None, qid: str | None, k: Any = 
     cot = d.cot if d.route == "reason" else "(none: the model embedded at once)"
     return ("", gr.Column(visible=True), detail_markdown(det),
             gr.Image(value=_pil(det.query_image), visible=det.query_image is not None),
-            gr.Textbox(value=cot, label=f"Chain of thought ({d.cot_tokens} tokens)"),
+            gr.Textbox(value=cot, label=f"Chain of thought ({d.cot_tokens} tokens)"
+                       + (f" · ⚠ {STOP_NOTES[d.stop_reason]}" if d.stop_reason in STOP_NOTES else "")),
             gr.Image(value=_pil(best.image if best else None), visible=bool(best and best.image)),
             gold_md,
             gr.Image(value=_pil(det.top1.image if det.top1 else None), visible=bool(det.top1 and det.top1.image)),
@@ -360,8 +364,9 @@ def build_errors_tab(services: Services) -> None:
     def refresh(view_in: str, task_in: str, k_in: float):
         try:
             shown = listing(services, view_in, task_in, k_in)
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+        except UserError as exc:  # a warning; the last listing stays
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip()
         return shown, listing_summary(services, shown, view_in, k_in)
 
     for control in (view, task, k):

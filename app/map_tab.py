@@ -20,6 +20,7 @@ from gradio.utils import get_upload_folder
 from trace_core.records import REASONING_MODES, InputError
 
 from . import usecases
+from .display import QUERY_IMAGE, STOP_NOTES, candidate_name, cap_warning
 from .services import Services
 from .usecases import UserError, open_api_image
 
@@ -160,10 +161,13 @@ def pick(services: Services, value: dict | None) -> tuple[dict, str, str | None]
         return value, f"Point {point!r} is not on the map.", None
     image = _image_md(services, row["image"])
     if row["kind"] == "candidate":
-        pools = [t.name for t in services.tasks.values() if t.has_candidate(row["id"])]
-        desc = (f"**Candidate `{row['id']}`** ({row['modality']}), in the pool of {', '.join(pools)}.\n\n"
-                f"{html.escape(str(row['label']))}")
-        return {"focus": {**_xy(services, int(point)), "label": f"candidate {row['id']}"}}, desc, image
+        owners = [t for t in services.tasks.values() if t.has_candidate(row["id"])]
+        c = owners[0].candidate(row["id"]) if owners else None
+        name = candidate_name(c.text, c.image_path, None) if c else str(row["label"])
+        desc = (f"**Candidate `{row['id']}`** ({row['modality']}), in the pool of "
+                f"{', '.join(t.name for t in owners)}:\n\n> {html.escape(name)}")
+        return ({"focus": {**_xy(services, int(point)), "label": f"candidate {row['id']}: {name[:60]}"}}, desc,
+                image)
     pair, qid = row["pair"], row["id"]
     final = emap.query_point(pair, qid, "query (final)")
     direct = emap.query_point(pair, qid, "query (direct)")
@@ -180,7 +184,8 @@ def pick(services: Services, value: dict | None) -> tuple[dict, str, str | None]
         lines.append(f"Route **{q['route']}** · P(<|emb|> first) = {q['p_emb']:.2f} · gold rank direct "
                      f"{_rank(q['gold_rank_direct'])} → final {_rank(q['gold_rank'])}")
         if q["cot"]:
-            lines.append(f"CoT: *{html.escape(q['cot'])}*")
+            stop = STOP_NOTES.get(q.get("stop_reason"), "")
+            lines.append(f"CoT: *{html.escape(q['cot'])}*" + (f" ⚠ **{html.escape(stop)}**" if stop else ""))
         if q["route"] == "reason":
             lines.append("The red arrow goes from the query's direct embedding (◇) to its embedding after "
                          "reasoning (◆).")
@@ -203,7 +208,12 @@ def place_query(services: Services, task_name: str, text, image, mode: str, k: i
              f"{r.latency_s:.2f} s"]
     if p.moved is not None:
         lines.append(f"CoT: *{html.escape(r.cot)}*")
+        cap = cap_warning(r, getattr(services.encoder, "max_cot_tokens", None))
+        if cap:
+            lines.append(f"⚠ **{html.escape(cap)}**")
         lines.append(f"Reasoning moved the query along the red arrow: {p.moved} of its top-{k} changed.")
+    top = "; ".join(f"#{h.rank} {html.escape(h.caption)}{' ✓ gold' if h.gold else ''}" for h in p.search.hits[:5])
+    lines.append(f"Its top hits: {top}.")
     lines.append(f"Placed at the similarity-weighted mean of its top-{k} candidates (circled).")
     return highlight, "\n\n".join(lines)
 
@@ -223,15 +233,22 @@ def build_map_tab(services: Services) -> None:
         "shows its path from direct to final."
     )
     tasks = services.tasks
-    first = next((n for n, t in tasks.items() if not t.takes_image), next(iter(tasks)))  # a text query is quickest
+    first = usecases.default_task(services)  # a task that takes a typed query
+
+    def placeholder(task_name: str) -> str:
+        ex = next((e for e in usecases.example_queries(services, task_name, 4) if e.text), None)
+        return f"e.g. {ex.text}" if ex else ""
+
     with gr.Row():
         with gr.Column(scale=3):
             emb_map = gr.HTML({}, html_template=TEMPLATE, js_on_load=JS, points=emap.to_client(),
                               head=f'<script src="gradio_api/file={PLOTLY_JS}"></script>', elem_id="trace-map")
         with gr.Column(scale=1):
             task = gr.Dropdown([(t.label, n) for n, t in tasks.items()], value=first, label="Task")
-            text = gr.Textbox(label="Query text", lines=2)
-            image = gr.Image(type="pil", label="Query image", height=140)
+            text = gr.Textbox(label="Query text", lines=2, visible=tasks[first].takes_text,
+                              placeholder=placeholder(first))
+            image = gr.Image(type="pil", label="Query image", height=140, visible=tasks[first].takes_image,
+                             **QUERY_IMAGE)
             with gr.Row():
                 mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning")
                 k = gr.Slider(1, 20, value=5, step=1, label="top-k")
@@ -242,13 +259,23 @@ def build_map_tab(services: Services) -> None:
     def on_pick(value):
         return pick(services, value)
 
-    emb_map.click(on_pick, emb_map, [emb_map, detail, detail_image], concurrency_limit=4)
+    emb_map.click(on_pick, emb_map, [emb_map, detail, detail_image], concurrency_limit=4,
+                  api_visibility="private")
+
+    def change_task(task_name: str, text_in: str | None):
+        t = tasks[task_name]  # the inputs it does not take are cleared and hidden
+        return (gr.Textbox(value=text_in if t.takes_text else "", visible=t.takes_text,
+                           placeholder=placeholder(task_name)),
+                gr.Image(visible=True) if t.takes_image else gr.Image(value=None, visible=False))
+
+    task.change(change_task, [task, text], [text, image], api_visibility="private")
 
     def on_place(task_name, text_in, image_in, mode_in, k_in):
         try:
-            highlight, desc = place_query(services, task_name, text_in, image_in, mode_in, int(k_in))
-        except (UserError, InputError) as exc:
-            raise gr.Error(str(exc)) from exc
+            highlight, desc = place_query(services, task_name, text_in, image_in, mode_in, k_in)
+        except (UserError, InputError) as exc:  # a warning; the map and the last description stay
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip(), gr.skip()
         return highlight, desc, image_in
 
     go.click(on_place, [task, text, image, mode, k], [emb_map, detail, detail_image], concurrency_limit=1,

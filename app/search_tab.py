@@ -1,7 +1,9 @@
 """Search tab: a query in, the route, the chain of thought as it streams, and the ranked candidates out.
 
-The use cases (search, compare) are `usecases.py`'s; this module renders their results and wires them to
-components. The scriptable endpoints `search` and `compare` (gradio_client) return what the UI shows.
+The use cases (search, compare, examples, search with a result) are `usecases.py`'s; this module renders their
+results and wires them to components. The scriptable endpoints `search` and `compare` (gradio_client) return
+what the UI shows. A mistake in the query is a warning (a toast and a note under the buttons): the last good
+results stay on the page.
 """
 
 from __future__ import annotations
@@ -18,8 +20,31 @@ from PIL import Image
 
 from trace_core.records import REASONING_MODES, CotDelta, InputError, QueryResult
 
+from .display import (
+    QUERY_IMAGE,
+    candidate_name,
+    cap_warning,
+    cap_warning_html,
+    example_samples,
+    route_words,
+)
 from .services import Services
-from .usecases import Comparison, Hit, SearchResult, UserError, compare, open_api_image, search, stream_search
+from .usecases import (
+    Comparison,
+    Hit,
+    SearchResult,
+    UserError,
+    compare,
+    default_task,
+    example_queries,
+    open_api_image,
+    query_from_hit,
+    search,
+    stream_search,
+)
+
+GUARD_N = 3  # the repetition guard of the UI's checkbox: no 3-gram twice in one chain of thought
+N_EXAMPLES = 4
 
 
 # ------------------------------------------------------------------------------------------ API
@@ -28,60 +53,95 @@ def api_image(services: Services, image) -> Image.Image | None:
     return open_api_image(services, image, get_upload_folder())
 
 
-def search_api(services: Services, query_text, query_image, task_name, reasoning="auto", top_k=10) -> dict:
+def search_api(services: Services, query_text, query_image, task_name, reasoning="auto", top_k=10,
+               no_repeat_ngram=0) -> dict:
     """What the `search` endpoint returns (JSON with the model fingerprint)."""
     img = api_image(services, query_image)
-    return search(services, task_name, query_text, img, None, reasoning, top_k).to_json(services.fingerprint)
+    return search(services, task_name, query_text, img, None, reasoning, top_k,
+                  no_repeat_ngram=no_repeat_ngram).to_json(services.fingerprint)
 
 
 # ------------------------------------------------------------------------------------------ rendering
+def _cell(h: Hit | None) -> str:
+    if h is None:
+        return ""
+    name = html.escape(h.caption).replace("|", "\\|")
+    return f"{'✓ ' if h.gold else ''}{name} ({h.score:.3f})"
+
+
 def comparison_markdown(c: Comparison) -> str:
-    """Scores, gold ranks, and what entered and left the top k when reasoning is switched on."""
+    """Both rankings side by side by name, gold ranks, and what entered and left the top k with reasoning."""
     off, on = c.off, c.on
+    names = {h.did: h.caption for h in [*off.hits, *on.hits]}
     lines = ["| | without reasoning | with reasoning |", "|---|---|---|",
              f"| CoT tokens | 0 | {on.result.cot_tokens} |",
-             f"| latency | {off.result.latency_s:.2f} s | {on.result.latency_s:.2f} s |",
-             f"| top-1 | `{off.hits[0].did}` ({off.hits[0].score:.3f}) | `{on.hits[0].did}` ({on.hits[0].score:.3f}) |"]
+             f"| latency | {off.result.latency_s:.2f} s | {on.result.latency_s:.2f} s |"]
     for (d, r1, s1), (_, r2, s2) in zip(off.gold, on.gold, strict=True):
         lines.append(f"| gold `{d}` | rank {r1} ({s1:.3f}) | rank {r2} ({s2:.3f}) |")
-    lines += ["", f"Top-{c.k} overlap: **{c.overlap}/{c.k}**. Entered with reasoning: "
-              f"{', '.join(c.entered) or 'none'}. Left: {', '.join(c.left) or 'none'}.", "",
+    for n in range(c.k):
+        a = off.hits[n] if n < len(off.hits) else None
+        b = on.hits[n] if n < len(on.hits) else None
+        lines.append(f"| #{n + 1} | {_cell(a)} | {_cell(b)} |")
+
+    def named(dids: list[str]) -> str:
+        return ", ".join(f"{html.escape(names.get(d, d))} (`{d}`)" for d in dids) or "none"
+
+    cap = cap_warning(on.result)
+    lines += ["", f"Top-{c.k} overlap: **{c.overlap}/{c.k}**. Entered with reasoning: {named(c.entered)}. "
+              f"Left: {named(c.left)}.", "",
               f"**CoT:** {html.escape(on.result.cot) or '(none)'}"]
+    if cap:
+        lines += ["", f"⚠ {html.escape(cap)}"]
     return "\n".join(lines)
 
 
-def route_badge(result: QueryResult | None) -> str:
+def route_badge(result: QueryResult | None, cap: int | None = None) -> str:
     if result is None:
         return "<div class='route-badge pending'>thinking…</div>"
+    cls = "direct" if result.route == "direct" else "reason"
+    words = html.escape(route_words(result))
+    return f"<div class='route-badge {cls}'>{words}</div>{cap_warning_html(result, cap)}"
+
+
+def cot_text(result: QueryResult) -> str:
     if result.route == "direct":
-        word, cls = "direct: embedded at once", "direct"
-    else:
-        word, cls = "reasoned before embedding", "reason"
-    if result.reasoning != "auto":
-        word += f" (forced: {result.reasoning})"
-    return (f"<div class='route-badge {cls}'>{word} · P(&lt;|emb|&gt; first) = {result.p_emb:.2f}</div>")
+        return "(no chain of thought: the query was embedded at once)"
+    return result.cot or "(the chain of thought is only whitespace or special tokens)"
 
 
 def stats_line(result: QueryResult) -> str:
-    trunc = " (cap reached: `<|emb|>` forced)" if result.truncated else ""
-    return f"{result.cot_tokens} CoT tokens{trunc} · {result.latency_s:.2f} s"
+    trunc = " (**cut off at the cap**: `<|emb|>` forced)" if result.truncated else ""
+    guard = f" · repetition guard on ({result.no_repeat_ngram}-grams)" if result.no_repeat_ngram else ""
+    return f"{result.cot_tokens} CoT tokens{trunc} · {result.latency_s:.2f} s{guard}"
 
 
 def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
-    return [(h.image, f"#{h.rank} · {h.score:.3f}{' · GOLD' if h.gold else ''} · {h.text or h.did}")
+    return [(h.image, f"#{h.rank} · {h.score:.3f}{' · ✓ gold' if h.gold else ''} · {h.caption}")
             for h in hits if h.image]
 
 
+def gallery_update(hits: list[Hit], label: str = "Results (click one to search with it)"):
+    """The gallery of the image hits; hidden when there are none (a text task)."""
+    items = gallery_items(hits)
+    return gr.Gallery(value=items or None, visible=bool(items), label=label)
+
+
+HEADERS = ["rank", "score", "gold", "candidate", "id"]
+
+
 def hits_table(hits: list[Hit]) -> list[list]:
-    return [[h.rank, round(h.score, 4), h.did, "✓" if h.gold else "", h.text or "(image)"] for h in hits]
+    return [[h.rank, round(h.score, 4), "✓" if h.gold else "", h.name, h.did] for h in hits]
 
 
-def gold_summary(res: SearchResult, k: int) -> str:
+def gold_summary(res: SearchResult, k: int, task_names: dict[str, str] | None = None) -> str:
     if not res.gold:
-        return "Free query: no gold candidates to mark. Pick a benchmark query to see where its gold lands."
+        return ("Free query: no gold candidates to mark. Pick an example or a benchmark query to see where its gold "
+                "lands.")
     d, r, s = res.gold[0]
     where = "in the top-k" if r <= k else f"outside the top-{k}"
-    return f"Gold `{d}` is at rank **{r}** ({where}), score {s:.3f}; top-1 score {res.hits[0].score:.3f}."
+    name = (task_names or {}).get(d)
+    what = f"*{html.escape(name)}* (`{d}`)" if name else f"`{d}`"
+    return f"Gold {what} is at rank **{r}** ({where}), score {s:.3f}; top-1 score {res.hits[0].score:.3f}."
 
 
 def export_file(res: SearchResult, fingerprint: dict) -> str:
@@ -91,99 +151,226 @@ def export_file(res: SearchResult, fingerprint: dict) -> str:
     return path
 
 
+def warning_note(message: str) -> str:
+    return (f"<div class='query-warning'>⚠ {html.escape(message)} The results below are from the last search that "
+            "worked.</div>")
+
+
 # ------------------------------------------------------------------------------------------ UI
 def build_search_tab(services: Services) -> None:
     tasks = services.tasks
     choices = [(t.label, name) for name, t in tasks.items()]
-    first = next(iter(tasks))
-    with gr.Row():
-        with gr.Column(scale=2):
+    first = default_task(services)
+    cap = getattr(services.encoder, "max_cot_tokens", None)
+    examples_of = {name: example_queries(services, name, N_EXAMPLES) for name in tasks}
+
+    def placeholder(task_name: str) -> str:
+        ex = next((e for e in examples_of[task_name] if e.text), None)
+        return f"e.g. {ex.text}" if ex else ""
+
+    def bench_choices(task_name: str) -> list[tuple[str, str]]:
+        t = tasks[task_name]
+        return [(f"{q.qid} [{t.labels.get(q.qid) or '?'}] {q.text or '(image only)'}"[:90], q.qid)
+                for q in t.queries[:200]]
+
+    gr.set_static_paths([str(services.root.resolve())])  # the examples' thumbnails
+    t0 = tasks[first]
+    modes_info = "auto: the model decides · always: it must think first · never: it embeds at once"
+    guard_info = ("Stops a chain of thought that loops until the token cap. The benchmark and the analysis tabs "
+                  "use plain greedy decoding (guard off), as in the paper.")
+    with gr.Column(elem_id="search-panel"), gr.Row():
+        with gr.Column(scale=2, min_width=380):
             task = gr.Dropdown(choices, value=first, label="Task")
-            instruction = gr.Textbox(tasks[first].instructions[0], label="Instruction (editable)", lines=2)
-            text = gr.Textbox(label="Query text", placeholder="e.g. an emoji of a red apple", lines=2)
-            image = gr.Image(type="pil", label="Query image", height=180)
+            examples = gr.Dataset(components=["html", "textbox"], headers=["example query", "how the model did"],
+                                  samples=example_samples(examples_of[first], services.image_path), type="index",
+                                  label="Examples from the benchmark: click one to run it (as evaluated: reasoning auto)",
+                                  samples_per_page=N_EXAMPLES, elem_classes="example-queries")
+            text = gr.Textbox(label="Query text", placeholder=placeholder(first), lines=2, max_lines=6,
+                              visible=t0.takes_text)
+            image = gr.Image(type="pil", label="Query image", height=180, visible=t0.takes_image,
+                             elem_id="search-query-image", **QUERY_IMAGE)
+            instruction = gr.Textbox(t0.instructions[0], label="Instruction (editable)", lines=2)
             with gr.Row():
-                mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning")
+                mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning", info=modes_info)
                 k = gr.Slider(1, 50, value=10, step=1, label="top-k")
+            guard = gr.Checkbox(False, label=f"Repetition guard (block repeated {GUARD_N}-grams)", info=guard_info)
             qid = gr.State("")
             with gr.Row():
                 go = gr.Button("Search", variant="primary")
                 cmp = gr.Button("Compare: reasoning off vs on")
-            example = gr.Dropdown([], label="Benchmark query (gold marked)", allow_custom_value=False)
+            notice = gr.HTML("")
+            bench = gr.Dropdown(bench_choices(first), value=None, allow_custom_value=False,
+                                label="Any benchmark query of this task (gold marked)")
         with gr.Column(scale=3):
-            badge = gr.HTML(route_badge(None).replace("thinking…", "no query yet"))
+            badge = gr.HTML("<div class='route-badge pending'>no query yet</div>")
             cot = gr.Textbox(label="Chain of thought (streams as it is generated)", lines=4, interactive=False)
             stats = gr.Markdown()
             gold = gr.Markdown()
-            gallery = gr.Gallery(label="Results", columns=5, height=260, allow_preview=False)
-            table = gr.Dataframe(headers=["rank", "score", "id", "gold", "candidate"], label="Ranked candidates",
-                                 interactive=False, wrap=True)
-            comparison = gr.Markdown()
+            gallery = gr.Gallery(label="Results (click one to search with it)", columns=5, height="auto",
+                                 allow_preview=False, visible=False, elem_classes="hits-gallery")
+            table = gr.Dataframe(headers=HEADERS, label="Ranked candidates (click a row to search with it)",
+                                 interactive=False, wrap=True, column_widths=["8%", "11%", "8%", "55%", "18%"],
+                                 elem_classes="fit-table")
+            comparison = gr.Markdown(elem_classes="fit-markdown")
+            off_gallery = gr.Gallery(label="Without reasoning", columns=5, height="auto", allow_preview=False,
+                                     visible=False, elem_classes="hits-gallery")
             export = gr.File(label="Export (JSON with the model fingerprint)")
     last_hits = gr.State([])
+    outputs = [badge, cot, stats, gold, gallery, table, comparison, off_gallery, export, last_hits, notice]
+    skip_all = tuple(gr.skip() for _ in outputs)
+    names = {name: {c.did: candidate_name(c.text, c.image_path, 200) for c in t.pool} for name, t in tasks.items()}
 
-    def examples_for(task_name: str):
-        t = tasks[task_name]
-        items = []
-        for q in t.queries[:60]:
-            label = t.labels.get(q.qid, "")
-            items.append((f"{q.qid} [{label or '?'}] {q.text or '(image only)'}"[:90], q.qid))
-        return gr.update(choices=items, value=None), t.instructions[0], ""
+    def failed(exc: Exception) -> tuple:
+        gr.Warning(str(exc))
+        return (*skip_all[:-1], warning_note(str(exc)))
 
-    def pick_example(task_name: str, chosen: str | None):
-        if not chosen:
-            return gr.skip(), gr.skip(), ""
-        q = next(q for q in tasks[task_name].queries if q.qid == chosen)
-        img = Image.open(services.image_path(q.image_path)) if q.image_path else None
-        return q.text or "", img, q.qid
-
-    def run(task_name, instruction_text, text_in, image_in, mode_in, k_in, qid_in):
-        so_far = ""
+    def stream(task_name, instruction_text, text_in, image_in, mode_in, k_in, qid_in, guard_in):
+        """The outputs as the model reasons, then the result; a mistake keeps the last results."""
+        so_far, cleared = "", False
         try:
             for event in stream_search(services, task_name, text_in, image_in, instruction_text, mode_in, k_in,
-                                       qid_in or None):
+                                       qid_in or None, GUARD_N if guard_in else 0):
                 if isinstance(event, CotDelta):
                     so_far += event.text
-                    yield (route_badge(None), so_far, f"{event.n_tokens} tokens…", gr.skip(), gr.skip(),
-                           gr.skip(), gr.skip(), gr.skip())
+                    head = (route_badge(None), so_far, f"{event.n_tokens} tokens…")
+                    if cleared:
+                        yield (*head, *skip_all[3:])
+                    else:  # a new query: nothing of the previous one stays on the page
+                        cleared = True
+                        yield (*head, "", gr.Gallery(value=None, visible=False), [], "",
+                               gr.Gallery(value=None, visible=False), None, [], "")
                 else:
                     r = event.result
-                    yield (route_badge(r), r.cot, stats_line(r), gold_summary(event, int(k_in)),
-                           gallery_items(event.hits), hits_table(event.hits),
-                           export_file(event, services.fingerprint), [h.__dict__ for h in event.hits])
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+                    yield (route_badge(r, cap), cot_text(r), stats_line(r), gold_summary(event, len(event.hits),
+                                                                                   names[task_name]),
+                           gallery_update(event.hits), hits_table(event.hits), "",
+                           gr.Gallery(value=None, visible=False), export_file(event, services.fingerprint),
+                           [h.__dict__ for h in event.hits], "")
+        except (UserError, InputError) as exc:
+            yield failed(exc)
 
-    outputs = [badge, cot, stats, gold, gallery, table, export, last_hits]
-    task.change(examples_for, task, [example, instruction, qid])
-    example.change(pick_example, [task, example], [text, image, qid])
-    text.input(lambda: "", None, qid)  # an edited query is no longer the benchmark query
-    image.input(lambda: "", None, qid)
-    go.click(run, [task, instruction, text, image, mode, k, qid], outputs, concurrency_limit=1,
+    go.click(stream, [task, instruction, text, image, mode, k, qid, guard], outputs, concurrency_limit=1,
              concurrency_id="model", api_visibility="private")
 
     def run_compare(task_name, instruction_text, text_in, image_in, k_in, qid_in):
         try:
-            return comparison_markdown(compare(services, task_name, text_in, image_in, instruction_text, k_in,
-                                               qid_in or None))
-        except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+            c = compare(services, task_name, text_in, image_in, instruction_text, k_in, qid_in or None)
+        except (UserError, InputError) as exc:
+            return failed(exc)
+        r = c.on.result
+        return (route_badge(r, cap), cot_text(r), stats_line(r) + " · **Compare**: the chain of thought, gallery and "
+                "table show the run *with* reasoning; the table at the bottom puts both rankings side by side.",
+                gold_summary(c.on, c.k, names[task_name]), gallery_update(c.on.hits, "With reasoning"),
+                hits_table(c.on.hits), comparison_markdown(c), gallery_update(c.off.hits, "Without reasoning"),
+                export_file(c.on, services.fingerprint), [h.__dict__ for h in c.on.hits], "")
 
-    cmp.click(run_compare, [task, instruction, text, image, k, qid], comparison, concurrency_limit=1,
+    cmp.click(run_compare, [task, instruction, text, image, k, qid], outputs, concurrency_limit=1,
               concurrency_id="model", api_visibility="private")
 
-    def search_with_hit(hits: list[dict], evt: gr.SelectData):
-        hit = [h for h in hits if h["image"]][evt.index]
-        img = Image.open(hit["image"]) if hit["image"] else None
-        return hit["text"] or "", img, ""
+    # ---- changing the task: its examples, instruction and benchmark queries; inputs it does not take go away
+    def change_task(task_name: str, text_in: str | None):
+        t = tasks[task_name]
+        return (gr.Dataset(samples=example_samples(examples_of[task_name], services.image_path)),
+                gr.Dropdown(choices=bench_choices(task_name), value=None), t.instructions[0], "",
+                gr.Textbox(value=text_in if t.takes_text else "", visible=t.takes_text,
+                           placeholder=placeholder(task_name)),
+                gr.Image(visible=True) if t.takes_image else gr.Image(value=None, visible=False))
 
-    gallery.select(search_with_hit, last_hits, [text, image, qid])
+    task.change(change_task, [task, text], [examples, bench, instruction, qid, text, image], api_visibility="private")
 
-    def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
-                   top_k: float = 10) -> dict:
-        """Search: route, chain of thought and ranked hits for a text and/or image query."""
+    def query_of(task_name: str, qid_in: str):
+        q = next(q for q in tasks[task_name].queries if q.qid == qid_in)
+        img = Image.open(services.image_path(q.image_path)) if q.image_path else None
+        return q.text or "", img
+
+    def fill_example(task_name, index):
+        """An example's query in the inputs, set up as the evaluation ran it (reasoning auto, plain greedy
+        decoding, its instruction), so that its search finds the gold where the label says."""
+        exs = examples_of[task_name]
+        if index is None or not 0 <= int(index) < len(exs):
+            return (gr.skip(),) * 6 + (False,)
+        e = exs[int(index)]
+        text_v, img = query_of(task_name, e.qid)
+        return text_v, img, e.qid, e.instruction or tasks[task_name].instructions[0], "auto", False, True
+
+    go_on = gr.State(False)  # whether the event before a chained search set up a query to run
+
+    def stream_if(go_on_in, *args):
+        if go_on_in:
+            yield from stream(*args)
+        else:
+            yield skip_all
+
+    search_inputs = [task, instruction, text, image, mode, k, qid, guard]
+    examples.click(fill_example, [task, examples], [text, image, qid, instruction, mode, guard, go_on],
+                   api_visibility="private").then(
+        stream_if, [go_on, *search_inputs], outputs, concurrency_limit=1, concurrency_id="model",
+        api_visibility="private")
+
+    def pick_bench(task_name: str, chosen: str | None):
+        if not chosen:
+            return gr.skip(), gr.skip(), gr.skip()
+        text_v, img = query_of(task_name, chosen)
+        return text_v, img, chosen
+
+    bench.input(pick_bench, [task, bench], [text, image, qid], api_visibility="private")
+    text.input(lambda: "", None, qid, api_visibility="private")  # an edited query is no longer the benchmark query
+    image.input(lambda: "", None, qid, api_visibility="private")
+
+    # ---- search with a result: the result becomes the query, on a task that takes it
+    hit_note = gr.State("")  # what the click did, said under the buttons while its search runs
+
+    def use_hit(task_name, instruction_text, text_in, hit: dict):
+        """The result in the inputs, on a task that takes it (the search follows as a chained event)."""
         try:
-            return search_api(services, query_text, query_image, task_name, reasoning, top_k)
+            hq = query_from_hit(services, task_name, hit.get("text"), hit.get("image"), text_in)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return (*(gr.skip() for _ in range(5)), False, warning_note(str(exc)))
+        t = tasks[hq.task]
+        img = Image.open(hq.image) if hq.image else None
+        instr = instruction_text if hq.task == task_name else t.instructions[0]
+        what = candidate_name(hit.get("text"), hit.get("image"), 80)
+        moved = f" on {t.label}, a task that takes it" if hq.task != task_name else ""
+        note = (f"<div class='query-info'>Searching with result #{hit.get('rank')} ({html.escape(what)}) as the "
+                f"query{html.escape(moved)}.</div>")
+        return (hq.task, gr.Textbox(value=hq.text, visible=t.takes_text), gr.Image(value=img, visible=t.takes_image),
+                "", instr, True, note)
+
+    def from_gallery(task_name, instruction_text, text_in, hits, evt: gr.SelectData):
+        shown = [h for h in hits if h.get("image")]
+        if not isinstance(evt.index, int) or not 0 <= evt.index < len(shown):
+            return (*(gr.skip() for _ in range(5)), False, "")
+        return use_hit(task_name, instruction_text, text_in, shown[evt.index])
+
+    def from_table(task_name, instruction_text, text_in, hits, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not isinstance(row, int) or not 0 <= row < len(hits):
+            return (*(gr.skip() for _ in range(5)), False, "")
+        return use_hit(task_name, instruction_text, text_in, hits[row])
+
+    def stream_noted(go_on_in, note, *args):
+        """The chained search, with what the click did said under the buttons (a warning when it failed)."""
+        if not go_on_in:
+            yield (*skip_all[:-1], note or gr.skip())
+            return
+        for out in stream(*args):
+            yield (*out[:-1], out[-1] or note)
+
+    hit_inputs = [task, instruction, text, last_hits]
+    hit_outputs = [task, text, image, qid, instruction, go_on, hit_note]
+    for component, pick_fn in ((gallery, from_gallery), (table, from_table)):
+        component.select(pick_fn, hit_inputs, hit_outputs, api_visibility="private").then(
+            stream_noted, [go_on, hit_note, *search_inputs], outputs, concurrency_limit=1, concurrency_id="model",
+            api_visibility="private")
+
+    # ---- the API
+    def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
+                   top_k: float = 10, no_repeat_ngram: float = 0) -> dict:
+        """Search: route, chain of thought and ranked hits for a text and/or image query. no_repeat_ngram: the
+        repetition guard (0, the default: plain greedy decoding, as in the benchmark; 1-8: no n-gram twice)."""
+        try:
+            return search_api(services, query_text, query_image, task_name, reasoning, top_k, no_repeat_ngram)
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
 

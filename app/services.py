@@ -34,6 +34,8 @@ from trace_core.mbeir import (
     resolve_image,
 )
 
+from .display import candidate_name
+
 log = logging.getLogger(__name__)
 
 MODALITY_WORDS = {"text": "text", "image": "image", "image,text": "image + text"}
@@ -157,12 +159,26 @@ class Services:
             gold = {d for t in tasks.values() for ds in t.positives.values() for d in ds}
             services.map = load_or_build(_pool_points(tasks), query_points, encoder.fingerprint, cache_dir,
                                          keep=gold)
+            _name_candidates(services.map, tasks)
         return services
 
 
 def _pool_points(tasks: dict[str, Task]) -> list[PoolPoints]:
     return [PoolPoints(t.name, t.index.ids, t.index.embeddings, [c.modality for c in t.pool],
-                       [c.text or c.did for c in t.pool], [c.image_path for c in t.pool]) for t in tasks.values()]
+                       [candidate_name(c.text, c.image_path) for c in t.pool], [c.image_path for c in t.pool])
+            for t in tasks.values()]
+
+
+def _name_candidates(emap: EmbeddingMap, tasks: dict[str, Task]) -> None:
+    """Every point's label says what it is (its text, or "image · <file>"), also on a map cached before
+    points were named that way (the labels are not part of the map's fingerprint)."""
+    names = {c.did: candidate_name(c.text, c.image_path) for t in tasks.values() for c in t.pool}
+    points = emap.points
+    rows = points["kind"] == "candidate"
+    points.loc[rows, "label"] = points.loc[rows, "id"].map(names).fillna(points.loc[rows, "label"])
+    unnamed = (points["kind"] != "candidate") & (points["label"] == "(image query)")
+    points.loc[unnamed, "label"] = [candidate_name(None, i if isinstance(i, str) else None)
+                                    for i in points.loc[unnamed, "image"]]
 
 
 def _query_points(tasks: dict[str, Task], table: pd.DataFrame, folder: Path, notes: list[str],
@@ -194,7 +210,8 @@ def _query_points(tasks: dict[str, Task], table: pd.DataFrame, folder: Path, not
                 continue
         out.append(QueryPoints(
             pair, list(rows["qid"]), direct[take], final[take], list(rows["query_modality"]), list(rows["route"]),
-            [t if isinstance(t, str) and t else "(image query)" for t in rows["query_txt"]],
+            [t if isinstance(t, str) and t else candidate_name(None, i if isinstance(i, str) else None)
+             for t, i in zip(rows["query_txt"], rows["query_img_path"], strict=True)],
             [i if isinstance(i, str) and i else None for i in rows["query_img_path"]],
             list(rows["gold_rank_direct"] <= k), list(rows["gold_rank"] <= k)))
     return out

@@ -8,6 +8,7 @@ A mistake in the input raises `UserError` with the sentence to show.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,17 +17,20 @@ from PIL import Image
 
 from trace_core.encoder import TraceEncoder
 from trace_core.explain import PromptStep, Walkthrough, stream_explain
+from trace_core.metrics import headline_metric
 from trace_core.records import (
     CotDelta,
     InputError,
     Query,
     QueryResult,
     check_k,
+    check_no_repeat_ngram,
     check_reasoning,
     check_routing_bias,
     load_image,
 )
 
+from .display import candidate_name
 from .services import Services, Task, gpu
 
 MAX_QUERY_CHARS = 2000
@@ -57,8 +61,19 @@ class Hit:
     did: str
     score: float
     text: str | None
-    image: str | None  # absolute path of the candidate's image
+    image: str | None  # absolute path of the candidate's image (for the UI; never sent to an API client)
     gold: bool
+    image_rel: str | None = None  # the same image's path relative to the data root (what the API returns)
+
+    @property
+    def name(self) -> str:
+        """What the candidate is: its whole text, else "image · <file name>"."""
+        return candidate_name(self.text, self.image_rel or self.image, None)
+
+    @property
+    def caption(self) -> str:
+        """Its name, cut to a caption's length."""
+        return candidate_name(self.text, self.image_rel or self.image)
 
 
 @dataclass
@@ -78,10 +93,12 @@ class SearchResult:
             "cot": r.cot,
             "cot_tokens": r.cot_tokens,
             "truncated": r.truncated,
+            "stop_reason": r.stop_reason,
+            "no_repeat_ngram": r.no_repeat_ngram,
             "latency_s": r.latency_s,
             "reasoning": r.reasoning,
-            "hits": [{"rank": h.rank, "did": h.did, "score": h.score, "text": h.text, "gold": h.gold}
-                     for h in self.hits],
+            "hits": [{"rank": h.rank, "did": h.did, "score": h.score, "gold": h.gold, "name": h.name,
+                      "text": h.text, "image": h.image_rel} for h in self.hits],
             "gold": [{"did": d, "rank": k, "score": s} for d, k, s in self.gold],
         }
 
@@ -120,20 +137,23 @@ def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str |
     hits = []
     for n, (did, score) in enumerate(zip(ids[0], scores[0], strict=True), start=1):
         c = task.candidate(did)
-        hits.append(Hit(n, did, float(score), c.text, services.image_path(c.image_path), did in gold_ids))
+        hits.append(Hit(n, did, float(score), c.text, services.image_path(c.image_path), did in gold_ids,
+                        c.image_path or None))
     [gold] = task.index.positive_ranks(result.embedding[None], [gold_ids])  # every gold's exact rank, best first
     return SearchResult(result, hits, gold, task.name)
 
 
 @gpu
 def stream_search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
-                  qid: str | None = None) -> Iterator[CotDelta | SearchResult]:
-    """Yield CoT deltas while the model reasons, then the ranked result."""
+                  qid: str | None = None, no_repeat_ngram: int = 0) -> Iterator[CotDelta | SearchResult]:
+    """Yield CoT deltas while the model reasons, then the ranked result. `no_repeat_ngram` > 0 turns on the
+    repetition guard (plain greedy decoding, as in the paper and the benchmark, when 0)."""
     mode = checked(check_reasoning, mode)
+    guard = checked(check_no_repeat_ngram, no_repeat_ngram)
     task, query = make_query(services, task_name, text, image, instruction, qid)
     k = top_k(k, task)
     with services.model_lock:
-        for event in services.encoder.stream_query(query, reasoning=mode):
+        for event in services.encoder.stream_query(query, reasoning=mode, no_repeat_ngram=guard):
             if isinstance(event, CotDelta):
                 yield event
             else:
@@ -141,9 +161,190 @@ def stream_search(services: Services, task_name: str, text, image, instruction, 
 
 
 def search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
-           qid: str | None = None) -> SearchResult:
-    *_, last = stream_search(services, task_name, text, image, instruction, mode, k, qid)
+           qid: str | None = None, no_repeat_ngram: int = 0) -> SearchResult:
+    *_, last = stream_search(services, task_name, text, image, instruction, mode, k, qid, no_repeat_ngram)
     return last
+
+
+# ------------------------------------------------------------------------------------------ first visit
+DIFFICULTY = {"direct": "simple", "reason": "complex"}  # the data's routing label, in a visitor's words
+
+
+@dataclass
+class Example:
+    """A benchmark query offered as a one-click example, with how the loaded model did on it."""
+
+    task: str
+    qid: str
+    text: str | None
+    image: str | None  # path relative to the data root
+    instruction: str | None  # the instruction it was evaluated with (None: the task's first)
+    difficulty: str  # "simple" | "complex" (the data's routing label), or "" when unlabelled
+    gold_rank: int | None = None  # where the loaded model's evaluation ranked its gold (None: not evaluated)
+    route: str | None = None  # the route the model took in that evaluation
+
+    @property
+    def query(self) -> str:
+        if self.text and self.image:
+            return f"{self.text} (+ image {os.path.basename(self.image)})"
+        return self.text or f"image {os.path.basename(self.image or '')}"
+
+    @property
+    def result(self) -> str:
+        """How the evaluation went, in words: difficulty, route, gold rank."""
+        parts = [self.difficulty] if self.difficulty else []
+        if self.route:
+            parts.append("reasons" if self.route == "reason" else "embeds at once")
+        parts.append(f"gold at #{self.gold_rank}" if self.gold_rank is not None else "not evaluated")
+        return " · ".join(parts)
+
+
+def _rank_or_none(x) -> int | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return int(x) if math.isfinite(x) else None
+
+
+def example_queries(services: Services, task_name: str, n: int = 4) -> list[Example]:
+    """A few benchmark queries of a task that the loaded model gets right, for one-click examples.
+
+    Chosen from the evaluation beside the model (`services.queries`), so they follow the model: the queries
+    whose gold it ranks best (first, when any), a CoT that ended by itself before one cut at the token cap,
+    the clearest win (score margin over the runner-up) first; simple and complex queries alternate. Without
+    an evaluation: the task's first benchmark queries, marked "not evaluated".
+    """
+    task = services.tasks[task_name]
+    by_qid = {q.qid: q for q in task.queries}
+    table = services.queries
+    rows: list[tuple] = []
+    if table is not None and len(table):
+        t = table[(table["pair"] == task_name) & table["qid"].astype(str).isin(by_qid)]
+        for _, r in t.iterrows():
+            rank = _rank_or_none(r.get("gold_rank"))
+            if rank is None:
+                continue
+            scores = list(r.get("top_scores", []) if r.get("top_scores") is not None else [])
+            margin = float(scores[0] - scores[1]) if rank == 1 and len(scores) > 1 else 0.0
+            capped = r.get("stop_reason") in ("max_tokens", "eos")
+            instr = r.get("instruction") if isinstance(r.get("instruction"), str) else None
+            rows.append(((rank, capped, -margin), str(r["qid"]), rank, str(r.get("route") or "") or None, instr))
+        rows.sort(key=lambda x: x[0])
+    if not rows:  # no evaluation: the first queries, unranked
+        rows = [((0,), q.qid, None, None, None) for q in task.queries]
+    groups: dict[str, list[Example]] = {}
+    for _, qid, rank, route, instr in rows:
+        q = by_qid[qid]
+        label = DIFFICULTY.get(task.labels.get(qid, ""), "")
+        groups.setdefault(label, []).append(
+            Example(task_name, qid, q.text, q.image_path, instr, label, rank, route))
+    out: list[Example] = []
+    lists = list(groups.values())  # in the order of their best example
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def _headline_by_task(services: Services) -> dict[str, float]:
+    """Each task's headline score in the loaded evaluation (the auto run), when there is one."""
+    report = services.benchmark or {}
+    run = next(iter(report["runs"].values()), None) if "runs" in report else report
+    pairs = (run or {}).get("pairs", {})
+    out = {}
+    for name, m in pairs.items():
+        head = m.get(headline_metric(name))
+        if isinstance(head, (int, float)):
+            out[name] = float(head)
+    if not out and services.queries is not None and len(services.queries):
+        t = services.queries
+        out = {p: float((g["gold_rank"] <= 5).mean()) for p, g in t.groupby("pair")}
+    return out
+
+
+def default_task(services: Services) -> str:
+    """The task a first visit opens on: one where a typed query finds things. Among the tasks that take a text
+    query alone, the one the loaded model scores best on in its evaluation; else the first text task."""
+    tasks = services.tasks
+    typed = [n for n, t in tasks.items() if t.query_modality == "text"] or list(tasks)
+    scores = _headline_by_task(services)
+    return max(typed, key=lambda n: (scores.get(n, -1.0), -typed.index(n)))
+
+
+def reasoning_rates(services: Services) -> dict[str, float]:
+    """Each task's share of queries the model chose to reason on in its evaluation (auto), when known."""
+    t = services.queries
+    if t is not None and len(t) and "route" in t:
+        return {p: float((g["route"] == "reason").mean()) for p, g in t.groupby("pair") if p in services.tasks}
+    report = services.benchmark or {}
+    run = next(iter(report["runs"].values()), None) if "runs" in report else report
+    return {p: float(m["reason_rate"]) for p, m in (run or {}).get("pairs", {}).items()
+            if p in services.tasks and "reason_rate" in m}
+
+
+@dataclass
+class ModelAbout:
+    """What the page header says about the loaded model."""
+
+    name: str  # e.g. "trace-mini"
+    demo: bool  # a TRACE-mini (this project's small demo model), not a published checkpoint
+    parts: str  # its language model and image encoder, when known ("" otherwise)
+
+
+def about_model(services: Services) -> ModelAbout:
+    from trace_core.backbones.mini import MiniBackbone
+
+    backbone = getattr(services.encoder, "backbone", None)
+    name = os.path.basename(str(services.fingerprint.get("model_id", "model")).rstrip("/")) or "model"
+    if not isinstance(backbone, MiniBackbone):
+        return ModelAbout(name, False, "")
+    cfg = getattr(getattr(backbone, "model", None), "config", None)
+    lm, vision = getattr(cfg, "lm", ""), getattr(cfg, "vision", "")
+    return ModelAbout(name, True, f"{lm} + {vision}" if lm and vision else "")
+
+
+@dataclass
+class HitQuery:
+    """A retrieved candidate turned into a new query: the task that takes it, and the query's parts."""
+
+    task: str
+    text: str
+    image: str | None  # absolute path
+
+
+def query_from_hit(services: Services, task_name: str, hit_text: str | None, hit_image: str | None,
+                   current_text: str | None = None) -> HitQuery:
+    """"Search with this result": a query made of the result, on a task that takes it.
+
+    An image result becomes an image query: on the current task when it takes one (a composed task keeps the
+    current text as the modification), else on a task of the same dataset that takes an image alone, else any
+    such task. A text-only result becomes a text query the same way. UserError when no task takes it.
+    """
+    tasks = services.tasks
+    if task_name not in tasks:
+        raise UserError(f"unknown task {task_name!r}")
+    current_text = (current_text or "").strip()
+    if hit_image:
+        options = [("image", "", hit_image)] + ([("image,text", current_text, hit_image)] if current_text else [])
+    elif hit_text and hit_text.strip():
+        options = [("text", hit_text.strip(), None)]
+    else:
+        raise UserError("This result has neither text nor an image to search with.")
+    cur = tasks[task_name]
+    for modality, text, image in options:
+        if cur.query_modality == modality:
+            return HitQuery(task_name, text, image)
+    prefix = cur.pool[0].did.split(":")[0] if cur.pool else ""
+    others = sorted((t for n, t in tasks.items() if n != task_name),
+                    key=lambda t: not (t.pool and t.pool[0].did.split(":")[0] == prefix))
+    for modality, text, image in options:
+        for t in others:
+            if t.query_modality == modality:
+                return HitQuery(t.name, text, image)
+    kind = "an image" if hit_image else "a text"
+    raise UserError(f"No task here takes {kind} query, so this result cannot be searched with.")
 
 
 # ------------------------------------------------------------------------------------------ compare

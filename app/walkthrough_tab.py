@@ -19,16 +19,23 @@ from PIL import Image
 
 from trace_core.encoder import TraceEncoder
 from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough
-from trace_core.mbeir import MBEIRQuery
 from trace_core.records import REASONING_MODES, CotDelta
 
+from .display import QUERY_IMAGE, candidate_name, example_samples
 from .services import Services, Task
-from .usecases import Explained, SearchResult, UserError, stream_explanation
+from .usecases import (
+    Explained,
+    SearchResult,
+    UserError,
+    default_task,
+    example_queries,
+    stream_explanation,
+)
 
 TOP = 10  # next tokens shown at the first step
 STRIP_CAP = 160  # token spans shown in a strip; the middle of a longer sequence is hidden
 RUN_COLLAPSE = 4  # a run of this many identical tokens (image patches) is shown as one span "×n"
-N_EXAMPLES = 8
+N_EXAMPLES = 6
 EMB_COLOUR = "#1d4ed8"  # the <|emb|> bar: the direct route (the search tab's blue)
 WORD_COLOUR = "#f59e0b"  # an ordinary token: it would start a chain of thought
 STOP_COLOUR = "#9ca3af"  # end-of-sequence tokens: not allowed at the first step
@@ -240,7 +247,8 @@ def decision_figure(first: PromptStep) -> go.Figure:
 _STOP_WORDS = {
     "direct": "No chain of thought: the model embedded at once.",
     "emb": "The model ended its reasoning itself by writing `{emb}`.",
-    "max_tokens": "The reasoning reached the cap of {cap} tokens, so `{emb}` was forced (the CoT is cut short).",
+    "max_tokens": "⚠ **The reasoning ran into the cap of {cap} tokens without ending by itself, so `{emb}` was "
+                  "forced and the CoT is cut short.**",
     "eos": "The model tried to end its answer before writing `{emb}`; the reasoning stops there and `{emb}` "
            "is forced.",
 }
@@ -324,12 +332,15 @@ def ranking_markdown(task: Task, res: SearchResult, k: int) -> str:
         "",
     ]
     if res.hits:
-        lines.append(f"Top-1: `{res.hits[0].did}` with score {res.hits[0].score:.3f}.")
+        lines.append(f"Top-1: *{html.escape(res.hits[0].name)}* (`{res.hits[0].did}`) with score "
+                     f"{res.hits[0].score:.3f}.")
     if res.gold:
         d, g, s = res.gold[0]
+        c = task.candidate(d) if task.has_candidate(d) else None
+        name = f"*{html.escape(candidate_name(c.text, c.image_path))}* " if c else ""
         where = "in the top-k (✓ in the table)" if g <= k else f"outside the top-{k}"
-        lines.append(f"This is benchmark query `{r.qid}`: its correct answer `{d}` is at rank **{g}** ({where}), "
-                     f"score {s:.3f}.")
+        lines.append(f"This is benchmark query `{r.qid}`: its correct answer {name}(`{d}`) is at rank **{g}** "
+                     f"({where}), score {s:.3f}.")
     else:
         lines.append("A free query: there is no known correct answer to mark. Pick an example to see where the "
                      "gold lands.")
@@ -345,34 +356,16 @@ def ranking_markdown(task: Task, res: SearchResult, k: int) -> str:
 
 
 def ranking_table(res: SearchResult) -> list[list]:
-    return [[h.rank, h.did, round(h.score, 4), "✓" if h.gold else "", h.text or "(image)"] for h in res.hits]
+    return [[h.rank, round(h.score, 4), "✓" if h.gold else "", h.name, h.did] for h in res.hits]
 
 
 def ranking_gallery(res: SearchResult) -> list[tuple[str, str]]:
-    return [(h.image, f"#{h.rank} · {h.score:.3f}{' · GOLD' if h.gold else ''}") for h in res.hits if h.image]
+    return [(h.image, f"#{h.rank} · {h.score:.3f}{' · ✓ gold' if h.gold else ''} · {h.caption}")
+            for h in res.hits if h.image]
+
 
 
 # ------------------------------------------------------------------------------------------ handlers
-def example_queries(task: Task, n: int = N_EXAMPLES) -> list[MBEIRQuery]:
-    """A few benchmark queries of the task, alternating labelled routes so both are one click away."""
-    by_label: dict[str, list[MBEIRQuery]] = {}
-    for q in task.queries:
-        by_label.setdefault(task.labels.get(q.qid, "?"), []).append(q)
-    out: list[MBEIRQuery] = []
-    lists = [by_label[k] for k in sorted(by_label)]
-    i = 0
-    while len(out) < n and any(i < len(x) for x in lists):
-        out.extend(x[i] for x in lists if i < len(x))
-        i += 1
-    return out[:n]
-
-
-def example_label(task: Task, q: MBEIRQuery) -> str:
-    label = task.labels.get(q.qid, "")
-    tag = f"[{label}] " if label else ""
-    return f"{tag}{q.text or '(image only)'}{' + image' if q.image_path and q.text else ''}"[:100]
-
-
 def stream_walkthrough(services: Services, task_name: str, text, image, instruction, mode: str, bias: float,
                        k: int, qid: str | None = None, top: int = TOP
                        ) -> Iterator[PromptStep | CotDelta | WalkthroughView]:
@@ -420,7 +413,7 @@ def run_walkthrough(services: Services, task_name, instruction, text, image, mod
                 waiting = ("### Step 3 · The chain of thought\n*The model is writing…*" if event.route == "reason"
                            else "### Step 3 · The chain of thought\n*No chain of thought: embedding at once…*")
                 yield [prompt_markdown(event), token_strip(event.tokens, event.emb_token), decision_markdown(event),
-                       decision_figure(event), waiting, "", "", "", "", [], []]
+                       decision_figure(event), waiting, "", "", "", "", [], gr.Gallery(value=None, visible=False)]
             elif isinstance(event, CotDelta):
                 so_far += event.text
                 emb = first.emb_token if first else "<|emb|>"
@@ -428,9 +421,11 @@ def run_walkthrough(services: Services, task_name, instruction, text, image, mod
                       f"`{emb}`…\n\n{_quote(so_far)}\n\n{event.n_tokens} tokens so far…")
                 yield [skip] * 4 + [md] + [skip] * (N_OUTPUTS - 5)
             else:
-                yield event.outputs()
-    except UserError as exc:
-        raise gr.Error(str(exc)) from exc
+                outs = event.outputs()  # the gallery only when there are candidate images (not on text tasks)
+                yield [*outs[:-1], gr.Gallery(value=outs[-1] or None, visible=bool(outs[-1]))]
+    except UserError as exc:  # a warning; what the tab shows stays
+        gr.Warning(str(exc))
+        yield [skip] * N_OUTPUTS
 
 
 # ------------------------------------------------------------------------------------------ UI
@@ -441,14 +436,17 @@ def build_walkthrough_tab(services: Services) -> None:
         gr.Markdown("The walkthrough needs a TRACE model (one that routes and reasons) and at least one task.")
         return
     choices = [(t.label, name) for name, t in tasks.items()]
-    first_task = next(iter(tasks))
+    first_task = default_task(services)
+    examples_of = {name: example_queries(services, name, N_EXAMPLES) for name in tasks}
+    gr.set_static_paths([str(services.root.resolve())])  # the examples' thumbnails
     gr.Markdown(INTRO)
     with gr.Row():
         with gr.Column(scale=2):
             task = gr.Dropdown(choices, value=first_task, label="Task")
             instruction = gr.Textbox(tasks[first_task].instructions[0], label="Instruction (editable)", lines=2)
-            text = gr.Textbox(label="Query text", lines=2)
-            image = gr.Image(type="pil", label="Query image", height=160)
+            text = gr.Textbox(label="Query text", lines=2, visible=tasks[first_task].takes_text)
+            image = gr.Image(type="pil", label="Query image", height=160, visible=tasks[first_task].takes_image,
+                             **QUERY_IMAGE)
             mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning",
                             info="auto: the model decides · always: it must think first · never: it embeds at once")
             bias = gr.Slider(-10, 10, value=0.0, step=0.25, label="Routing bias",
@@ -457,10 +455,10 @@ def build_walkthrough_tab(services: Services) -> None:
             k = gr.Slider(1, 20, value=5, step=1, label="top-k candidates")
             qid = gr.State("")
             go_btn = gr.Button("Walk through", variant="primary")
-            examples = gr.Dataset(components=["textbox"], label="Example queries (benchmark, labelled route)",
-                                  samples=[[example_label(tasks[first_task], q)]
-                                           for q in example_queries(tasks[first_task])],
-                                  type="index", samples_per_page=N_EXAMPLES)
+            examples = gr.Dataset(components=["html", "textbox"], headers=["example query", "how the model did"],
+                                  label="Examples from the benchmark: click one to walk through it (as evaluated: reasoning auto)",
+                                  samples=example_samples(examples_of[first_task], services.image_path), type="index",
+                                  samples_per_page=N_EXAMPLES, elem_classes="example-queries")
         with gr.Column(scale=3):
             prompt_md = gr.Markdown("### Step 1 · What the model reads\n*No query yet.*")
             tokens_html = gr.HTML(css_template=STRIP_CSS)
@@ -471,9 +469,11 @@ def build_walkthrough_tab(services: Services) -> None:
             pooling_md = gr.Markdown("### Step 4 · Which hidden state becomes the embedding?")
             pooling_html = gr.HTML(css_template=STRIP_CSS)
             ranking_md = gr.Markdown("### Step 5 · Finding the closest candidates")
-            table = gr.Dataframe(headers=["rank", "id", "cosine", "gold", "candidate"], label="Top candidates",
-                                 interactive=False, wrap=True)
-            gallery = gr.Gallery(label="Candidate images", columns=5, height=220, allow_preview=True)
+            table = gr.Dataframe(headers=["rank", "cosine", "gold", "candidate", "id"], label="Top candidates",
+                                 interactive=False, wrap=True, column_widths=["8%", "11%", "8%", "55%", "18%"],
+                                 elem_classes="fit-table")
+            gallery = gr.Gallery(label="Candidate images", columns=5, height="auto", allow_preview=True,
+                                 elem_classes="hits-gallery", visible=False)
     outputs = [prompt_md, tokens_html, decision_md, figure, cot_md, cot_html, pooling_md, pooling_html, ranking_md,
                table, gallery]
     inputs = [task, instruction, text, image, mode, bias, k, qid]
@@ -481,21 +481,25 @@ def build_walkthrough_tab(services: Services) -> None:
     def run(*args):
         yield from run_walkthrough(services, *args)
 
-    def change_task(task_name: str):
-        t = tasks[task_name]
-        return (gr.Dataset(samples=[[example_label(t, q)] for q in example_queries(t)]), t.instructions[0], "")
+    def change_task(task_name: str, text_in: str | None):
+        t = tasks[task_name]  # its examples and instruction; the inputs it does not take are cleared and hidden
+        return (gr.Dataset(samples=example_samples(examples_of[task_name], services.image_path)), t.instructions[0], "",
+                gr.Textbox(value=text_in if t.takes_text else "", visible=t.takes_text),
+                gr.Image(visible=True) if t.takes_image else gr.Image(value=None, visible=False))
 
     def pick_example(task_name: str, index: int | None):
-        qs = example_queries(tasks[task_name])
-        if index is None or not 0 <= int(index) < len(qs):
-            return gr.skip(), gr.skip(), gr.skip()
-        q = qs[int(index)]
-        img = Image.open(services.image_path(q.image_path)) if q.image_path else None
-        return q.text or "", img, q.qid
+        """An example's query, set up as the evaluation ran it (reasoning auto, no routing bias)."""
+        exs = examples_of[task_name]
+        if index is None or not 0 <= int(index) < len(exs):
+            return (gr.skip(),) * 6
+        e = exs[int(index)]
+        img = Image.open(services.image_path(e.image)) if e.image else None
+        return e.text or "", img, e.qid, e.instruction or tasks[task_name].instructions[0], "auto", 0.0
 
-    task.change(change_task, task, [examples, instruction, qid], api_visibility="private")
+    task.change(change_task, [task, text], [examples, instruction, qid, text, image], api_visibility="private")
     text.input(lambda: "", None, qid, api_visibility="private")  # an edited query is no longer the benchmark one
     image.input(lambda: "", None, qid, api_visibility="private")
     go_btn.click(run, inputs, outputs, concurrency_limit=1, concurrency_id="model", api_visibility="private")
-    examples.click(pick_example, [task, examples], [text, image, qid], api_visibility="private").then(
+    examples.click(pick_example, [task, examples], [text, image, qid, instruction, mode, bias],
+                   api_visibility="private").then(
         run, inputs, outputs, concurrency_limit=1, concurrency_id="model", api_visibility="private")

@@ -97,7 +97,10 @@ def test_launched_app_serves_the_search_api(services):
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     try:
         client = Client(url, verbose=False)
-        assert "/search" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        api = client.view_api(print_info=False, return_format="dict")
+        # only the three documented endpoints: the UI's own events stay private
+        assert set(api["named_endpoints"]) == {"/search", "/compare", "/map_place"}
+        assert not api["unnamed_endpoints"]
         out = client.predict("a dog on a sofa", None, "mscoco_task0", "never", 4, api_name="/search")
         data = out if isinstance(out, dict) else json.loads(out)
         assert data["route"] == "direct" and len(data["hits"]) == 4 and data["task"] == "mscoco_task0"
@@ -106,6 +109,13 @@ def test_launched_app_serves_the_search_api(services):
                              api_name="/search")
         data = out if isinstance(out, dict) else json.loads(out)
         assert data["task"] == "cirr_task7" and len(data["hits"]) == 3
+        assert all(h["image"].startswith("mbeir_images/") and h["name"].startswith("image · ") for h in data["hits"])
+        # the repetition guard: an optional last parameter, off by default, checked
+        out = client.predict("a dog on a sofa", None, "mscoco_task0", "always", 2, 3, api_name="/search")
+        data = out if isinstance(out, dict) else json.loads(out)
+        assert data["no_repeat_ngram"] == 3 and data["reasoning"] == "always"
+        with pytest.raises(Exception, match="no_repeat_ngram"):
+            client.predict("a dog", None, "mscoco_task0", "always", 2, 12, api_name="/search")
         with pytest.raises(Exception, match="empty"):
             client.predict("", None, "mscoco_task0", "auto", 4, api_name="/search")
     finally:
@@ -157,3 +167,223 @@ def test_the_use_cases_hold_no_gradio():
     code = "import sys, app.usecases; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False"]
+
+
+# ------------------------------------------------------------------------------------------ a visitor's first minutes
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Services with the evaluation beside the model (queries.parquet, results.json), as `python app.py` loads."""
+    from tests.app_fixture import build_services
+
+    return build_services(tmp_path_factory.mktemp("evaluated"))
+
+
+def _image_of(services, example):
+    return Image.open(services.image_path(example.image)) if example.image else None
+
+
+def test_every_task_has_examples_that_find_their_gold(evaluated):
+    from app.usecases import example_queries
+
+    table = evaluated.queries
+    for name, task in evaluated.tasks.items():
+        examples = example_queries(evaluated, name, 4)
+        assert len(examples) == min(4, len(task.queries)), name
+        ranks = table.loc[table["pair"] == name, "gold_rank"]
+        # the best-ranked benchmark queries of the loaded model's evaluation come first
+        assert examples[0].gold_rank == int(ranks.min())
+        assert sorted(e.gold_rank for e in examples) == sorted(int(r) for r in ranks.nsmallest(4))
+        for e in examples[:2]:  # and running one finds its gold where the evaluation did, in the top-k
+            res = search(evaluated, name, e.text, _image_of(evaluated, e), e.instruction, "auto", 10, e.qid)
+            assert res.gold[0][1] == e.gold_rank <= 10, (name, e.qid)
+            assert any(h.gold for h in res.hits)
+            assert e.difficulty in ("simple", "complex") and f"gold at #{e.gold_rank}" in e.result
+
+
+def test_examples_without_an_evaluation_are_the_first_queries_marked_so(services):
+    from app.usecases import example_queries
+
+    examples = example_queries(services, "webqa_task1", 3)
+    assert [e.qid for e in examples] == [q.qid for q in services.tasks["webqa_task1"].queries[:3]]
+    assert all(e.gold_rank is None and "not evaluated" in e.result for e in examples)
+
+
+def test_the_default_task_takes_a_typed_query_and_is_the_best_scored(evaluated):
+    import dataclasses
+
+    from app.usecases import default_task
+
+    typed = [n for n, t in evaluated.tasks.items() if t.query_modality == "text"]
+    assert set(typed) == {"mscoco_task0", "webqa_task1"}
+    for best in typed:  # follows the evaluation's numbers, whichever task they favour
+        report = json.loads(json.dumps(evaluated.benchmark))
+        for name in typed:
+            report["pairs"][name]["recall@5"] = 0.9 if name == best else 0.1
+        assert default_task(dataclasses.replace(evaluated, benchmark=report, queries=None)) == best
+    bare = dataclasses.replace(evaluated, benchmark=None, queries=None)
+    assert default_task(bare) == typed[0]  # no numbers: the first text task
+
+
+def test_hits_and_the_json_say_what_each_candidate_is(services):
+    res = search(services, "mscoco_task0", "a dog", None, None, "never", 3)
+    assert all(h.name == f"image · {h.image_rel.split('/')[-1]}" for h in res.hits)  # image-only candidates
+    data = res.to_json(services.fingerprint)
+    root = str(services.root.resolve())
+    for hit, h in zip(data["hits"], res.hits, strict=True):
+        assert hit["image"] == h.image_rel and hit["image"].startswith("mbeir_images/")  # relative to the data root
+        assert (services.root / hit["image"]).is_file() and hit["text"] is None and hit["name"] == h.name
+    assert root not in json.dumps(data)  # never a server path
+    text = search(services, "webqa_task1", "who?", None, None, "never", 2)
+    assert all(h.name == h.text and h.image_rel is None for h in text.hits)
+    assert all(hit["text"] and hit["image"] is None for hit in text.to_json(services.fingerprint)["hits"])
+
+
+def test_the_route_badge_says_what_the_model_itself_would_have_done(services):
+    import dataclasses
+
+    from app.search_tab import route_badge
+
+    r = search(services, "webqa_task1", "who?", None, None, "always", 2).result
+    forced = dataclasses.replace(r, reasoning="always", route="reason", p_emb=1.0, emb_margin=9.0, first_step=None,
+                                 stop_reason="emb")
+    badge = route_badge(forced)
+    assert "because you forced reasoning" in badge and "would have embedded at once" in badge and "1.00" in badge
+    own = dataclasses.replace(forced, p_emb=0.01, emb_margin=-4.0)
+    assert "would have reasoned too" in route_badge(own)
+    off = dataclasses.replace(forced, reasoning="never", route="direct", p_emb=0.01, emb_margin=-4.0)
+    assert "turned reasoning off" in route_badge(off) and "would have reasoned first" in route_badge(off)
+    auto = dataclasses.replace(forced, reasoning="auto", route="direct", stop_reason="direct")
+    assert "the model chose to embed at once" in route_badge(auto) and "forced" not in route_badge(auto)
+
+
+def test_a_chain_of_thought_cut_at_the_cap_is_marked(services):
+    import dataclasses
+
+    from app.display import cap_warning
+    from app.search_tab import comparison_markdown, route_badge, stats_line
+
+    c = compare(services, "webqa_task1", "who?", None, None, 3)
+    on = c.on.result
+    capped = dataclasses.replace(on, stop_reason="max_tokens", cot_tokens=256)
+    ended = dataclasses.replace(on, stop_reason="emb")
+    assert "cap-warning" in route_badge(capped, 256) and "256-token cap" in route_badge(capped, 256)
+    assert "repetition guard" in cap_warning(capped)  # the way out is named
+    assert "cap-warning" not in route_badge(ended) and not cap_warning(ended)
+    assert "cut off at the cap" in stats_line(capped) and "cut off" not in stats_line(ended)
+    assert "ran into the token cap" in comparison_markdown(dataclasses.replace(c, on=dataclasses.replace(
+        c.on, result=capped)))
+    guarded = dataclasses.replace(capped, no_repeat_ngram=3)
+    assert "repetition guard" not in cap_warning(guarded) and "3-grams" in stats_line(guarded)
+
+
+def test_the_repetition_guard_reaches_the_model_and_is_checked(services):
+    from app.search_tab import search_api
+
+    res = search(services, "webqa_task1", "who?", None, None, "always", 2, no_repeat_ngram=3)
+    assert res.result.no_repeat_ngram == 3 and res.to_json(services.fingerprint)["no_repeat_ngram"] == 3
+    ids = res.result.cot_token_ids
+    grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+    assert len(grams) == len(set(grams))  # no 3-gram twice
+    assert search_api(services, "who?", None, "webqa_task1", "always", 2)["no_repeat_ngram"] == 0  # off by default
+    for bad in (9, -1, 2.5, "x"):
+        with pytest.raises(UserError, match="no_repeat_ngram"):
+            search_api(services, "who?", None, "webqa_task1", "always", 2, bad)
+
+
+def test_search_with_a_result_moves_to_a_task_that_takes_it(services):
+    from app.usecases import query_from_hit
+
+    cirr = search(services, "cirr_task7", "make it red", Image.new("RGB", (16, 16)), None, "never", 3)
+    hit = cirr.hits[0]
+    # on an image task: the result's image becomes the reference image, the modification text stays
+    hq = query_from_hit(services, "cirr_task7", hit.text, hit.image, "make it red")
+    assert (hq.task, hq.text, hq.image) == ("cirr_task7", "make it red", hit.image)
+    again = search(services, hq.task, hq.text, Image.open(hq.image), None, "never", 3)
+    assert again.hits and again.task == "cirr_task7"
+    # from a text-only task, an image result moves to the task that takes an image
+    coco = search(services, "mscoco_task0", "a dog", None, None, "never", 3).hits[0]
+    hq = query_from_hit(services, "mscoco_task0", coco.text, coco.image, "a dog")
+    assert hq.task == "cirr_task7" and hq.image == coco.image
+    assert search(services, hq.task, hq.text, Image.open(hq.image), None, "never", 2).hits
+    with pytest.raises(UserError, match="takes an image query"):  # nothing here takes an image alone
+        query_from_hit(services, "mscoco_task0", None, coco.image, "")
+    # a text result stays a text query on its text task
+    web = search(services, "webqa_task1", "who?", None, None, "never", 2).hits[0]
+    assert query_from_hit(services, "webqa_task1", web.text, web.image, "who?").text == web.text
+
+
+def test_a_mistake_keeps_the_last_results_and_says_why(services):
+    """The Search button's handler: a user error is a warning and a note; every result output is skipped."""
+    import gradio as gr
+
+    from app.ui import build_app
+
+    demo = build_app(services)
+    fn = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "stream")
+    ok = list(fn("webqa_task1", "", "who?", None, "never", 3, "", False))
+    assert len(ok[-1][5]) == 3  # the table
+    with pytest.warns(UserWarning, match="empty"):
+        bad = list(fn("webqa_task1", "", "  ", None, "never", 3, "", False))
+    [out] = bad
+    assert all(o == gr.skip() for o in out[:-1]) and "empty" in out[-1] and "last search" in out[-1]
+    compare_fn = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "run_compare")
+    with pytest.warns(UserWarning, match="takes a text query"):
+        out = compare_fn("webqa_task1", "", "who?", Image.new("RGB", (8, 8)), 3, "")
+    assert all(o == gr.skip() for o in out[:-1])
+    # a compare replaces every result output: nothing of the previous query stays
+    out = compare_fn("webqa_task1", "", "who?", None, 3, "")
+    assert all(o != gr.skip() for o in out[:-1]) and "with reasoning" in out[6]
+
+
+def test_the_header_explains_trace_and_labels_the_demo_model(evaluated):
+    from app.ui import PLAIN, model_notice
+
+    assert "In plain words" in PLAIN and "arXiv 2603.02929" in PLAIN
+    assert "Task-adaptive Reasoning And Compressing Embeddings" in PLAIN
+    notice = model_notice(evaluated)
+    assert "Demo model" in notice and "**not** the paper's model" in notice
+    rates = evaluated.queries.groupby("pair")["route"].apply(lambda r: (r == "reason").mean())
+    for pair, rate in rates.items():  # which tasks reason, from the evaluation
+        assert (f"({pair}): {rate:.0%}" in notice) == (rate >= 0.05)
+
+
+def test_the_benchmark_reading_follows_the_numbers():
+    from pathlib import Path
+
+    from app.benchmark_tab import benchmark_reading
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "assets" / "trace-mini" / "results.json").read_text())
+    text = benchmark_reading(shipped)
+    assert "does not yet help" in text and "Best on average: *λ_gen = 0 ablation (never)* (31.7)" in text
+
+    def run(mode, a, b):
+        return {"model": {"model_id": "m"}, "config": {"reasoning": mode},
+                "pairs": {"p_task0": {"recall@5": a}, "p_task1": {"recall@5": b}},
+                "average": {"headline": (a + b) / 2}}
+
+    helps = {"runs": {"auto": run("auto", 0.6, 0.4), "never": run("never", 0.5, 0.4)}}
+    text = benchmark_reading(helps, demo=False)
+    assert "reasoning helps on average" in text and "Best on average: *auto* (50.0)" in text
+    assert "auto is above never on 1 of 2 (p_task0), level on 1" in text
+
+
+
+def test_a_query_image_goes_through_the_image_box_unchanged(services, tmp_path):
+    """An emoji's transparent background must reach the model as the evaluation saw it (on white), and its
+    pixels unchanged: the query image boxes keep PNG and the image's own mode (no lossy WebP, no plain RGB)."""
+    import numpy as np
+
+    from app.ui import build_app
+    from trace_core.records import load_image
+
+    rgba = Image.new("RGBA", (24, 24), (0, 0, 0, 0))
+    for x in range(6, 18):
+        for y in range(6, 18):
+            rgba.putpixel((x, y), (200, (x * 20) % 256, (y * 13) % 256, 255))
+    demo = build_app(services)
+    boxes = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Query image"]
+    assert len(boxes) == 3  # search, map, walkthrough
+    for box in boxes:
+        back = box.preprocess(box.postprocess(rgba))  # what the handler gets after the box showed the image
+        assert np.array_equal(np.asarray(load_image(back)), np.asarray(load_image(rgba)))
+        assert np.asarray(load_image(back))[0, 0].tolist() == [255, 255, 255]  # transparent -> white

@@ -22,10 +22,14 @@ if CHROMIUM is None and os.environ.get("TRACE_REQUIRE_BROWSER") != "1":
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def services(tmp_path_factory):
+    return build_services(tmp_path_factory.mktemp("browser"), with_map=True)
+
+
+@pytest.fixture(scope="module")
+def app_url(services):
     from app.ui import build_app, css
 
-    services = build_services(tmp_path_factory.mktemp("browser"), with_map=True)
     demo = build_app(services)
     demo.queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=css())
@@ -57,6 +61,22 @@ def _choose(page, label: str, option: str) -> None:
     """Pick an option of the visible Gradio dropdown labelled `label`."""
     page.get_by_label(label).locator("visible=true").first.click()
     page.get_by_role("option", name=option).first.click()
+
+
+def _search_panel(page):
+    """The Search tab's panel (each tab has its own task, text and image inputs)."""
+    return page.locator("#search-panel")
+
+
+def _run_search(page, task: str, text: str, mode: str = "never") -> None:
+    _tab(page, "Search")
+    _choose(page, "Task", f"({task})")
+    panel = _search_panel(page)
+    panel.get_by_label("Query text").fill(text)
+    panel.get_by_label(mode, exact=True).check()
+    panel.get_by_role("button", name="Search", exact=True).click()
+    sync_api.expect(panel.locator(".route-badge")).not_to_contain_text("thinking", timeout=60_000)
+    sync_api.expect(panel.locator(".route-badge")).not_to_contain_text("no query yet", timeout=60_000)
 
 
 def test_search_shows_route_cot_and_results(page):
@@ -113,4 +133,148 @@ def test_clicking_a_point_shows_the_item(page):
     page.evaluate("document.querySelector('.trace-map-plot').emit('plotly_click', {points: [{customdata: 0}]})")
     sync_api.expect(page.get_by_text(re.compile(r"Candidate .+ in the pool of")).first).to_be_visible()
     sync_api.expect(page.locator(".trace-map-plot .legendtext", has_text="focus")).to_have_count(1)
+    assert not page.page_errors, page.page_errors
+
+
+# ------------------------------------------------------------------------------------------ a first visit
+def test_the_header_explains_trace_and_says_this_is_a_demo_model(page):
+    sync_api.expect(page.get_by_text("In plain words").first).to_be_visible()
+    sync_api.expect(page.get_by_text(re.compile(
+        r"Paper: TRACE: Task-adaptive Reasoning And Compressing Embeddings \(arXiv 2603\.02929")).first).to_be_visible()
+    notice = page.locator(".prose.demo-notice")
+    sync_api.expect(notice).to_contain_text("Demo model")
+    sync_api.expect(notice).to_contain_text("not the paper's model")
+    sync_api.expect(notice).to_contain_text("it reasons on")  # which tasks reason, from the evaluation
+
+
+def test_an_example_of_the_default_task_finds_its_gold(page, services):
+    from app.usecases import default_task, example_queries
+
+    page.reload()
+    panel = _search_panel(page)
+    first = example_queries(services, default_task(services), 4)[0]
+    rows = panel.locator(".example-queries tbody tr")
+    sync_api.expect(rows).to_have_count(len(example_queries(services, default_task(services), 4)))
+    sync_api.expect(rows.first).to_contain_text(f"gold at #{first.gold_rank}")
+    # the benchmark-query dropdown is filled on first load, for the default task
+    panel.get_by_label("Any benchmark query of this task (gold marked)").click()
+    sync_api.expect(page.get_by_role("option").first).to_be_visible()
+    page.keyboard.press("Escape")
+    rows.first.click()
+    sync_api.expect(panel.get_by_text(re.compile(rf"is at rank {first.gold_rank} \(in the top-k\)"))).to_be_visible(
+        timeout=60_000)
+    sync_api.expect(panel.get_by_role("gridcell", name="✓").first).to_be_visible()
+
+
+def test_candidates_show_what_they_are_and_captions_are_not_cut(page):
+    _run_search(page, "mscoco_task0", "a dog on a sofa")
+    panel = _search_panel(page)
+    gallery = panel.locator(".hits-gallery").first
+    sync_api.expect(gallery.locator(".caption-label").first).to_contain_text("image · ")
+    cut = gallery.evaluate("""g => [...g.querySelectorAll('.caption-label')]
+        .filter(c => c.scrollWidth > c.clientWidth + 1 || c.getBoundingClientRect().bottom >
+                     g.getBoundingClientRect().bottom + 1).length""")
+    assert cut == 0, f"{cut} gallery captions are cut or clipped"
+    sync_api.expect(panel.get_by_role("gridcell", name=re.compile("^image · ")).first).to_be_visible()
+    # a text task shows no empty gallery box
+    _run_search(page, "webqa_task1", "who painted it?")
+    sync_api.expect(panel.locator(".hits-gallery").first).to_be_hidden()
+    sync_api.expect(panel.get_by_role("gridcell", name=re.compile("Wikipedia passage")).first).to_be_visible()
+
+
+def test_a_mistake_is_a_warning_and_the_last_results_stay(page):
+    _run_search(page, "webqa_task1", "who painted it?")
+    panel = _search_panel(page)
+    rows_before = panel.locator(".fit-table tbody tr").count()
+    assert rows_before > 0
+    panel.get_by_label("Query text").fill("   ")
+    panel.get_by_role("button", name="Search", exact=True).click()
+    sync_api.expect(panel.locator(".query-warning")).to_contain_text("empty")
+    sync_api.expect(page.locator(".toast-body").filter(has_text="empty").first).to_be_visible()
+    assert panel.locator(".fit-table tbody tr").count() == rows_before  # the last results stay
+    sync_api.expect(panel.locator(".route-badge")).to_be_visible()
+    assert not panel.locator(".error").filter(has_text="Error").count()  # no red overlay
+    _run_search(page, "webqa_task1", "who painted the picture?")  # and the next search clears the note
+    sync_api.expect(panel.locator(".query-warning")).to_have_count(0)
+
+
+def test_search_with_a_result_on_an_image_task(page, services):
+    from app.usecases import example_queries
+
+    _tab(page, "Search")
+    _choose(page, "Task", "(cirr_task7)")
+    panel = _search_panel(page)
+    sync_api.expect(panel.get_by_label("Query text")).to_be_visible()
+    sync_api.expect(panel.locator(".example-queries img.example-thumb").first).to_be_visible()  # its thumbnails
+    panel.locator(".example-queries tbody tr").first.click()  # an image + text benchmark query
+    ex = example_queries(services, "cirr_task7", 4)[0]
+    gold = panel.get_by_text(re.compile(rf"is at rank {ex.gold_rank} \(in the top-k\)"))
+    try:
+        sync_api.expect(gold.first).to_be_visible(timeout=60_000)
+    except AssertionError:
+        page.screenshot(path="/tmp/browser-fail.png", full_page=True)
+        raise
+    # the query went into the inputs: searching it again from there finds the gold at the same rank
+    panel.get_by_role("button", name="Search", exact=True).click()
+    sync_api.expect(panel.locator(".route-badge")).not_to_contain_text("thinking", timeout=60_000)
+    sync_api.expect(gold.first).to_be_visible(timeout=60_000)
+    badge_before = panel.locator(".route-badge").inner_text()
+    panel.locator(".hits-gallery").first.locator(".thumbnail-item").nth(1).click()
+    # the result became the reference image; the task still takes it, so the search runs without an error
+    sync_api.expect(panel.get_by_text(re.compile(r"Free query: no gold"))).to_be_visible(timeout=60_000)
+    assert panel.locator(".query-warning").count() == 0 and badge_before
+    sync_api.expect(panel.locator("#search-query-image img").first).to_be_visible()
+    assert "cirr_task7" in panel.get_by_label("Task", exact=True).input_value()
+    # from a text-only task, a clicked image result moves to a task that takes an image
+    _run_search(page, "mscoco_task0", "a dog on a sofa")
+    panel.locator(".hits-gallery").first.locator(".thumbnail-item").first.click()
+    sync_api.expect(panel.get_by_label("Task", exact=True)).to_have_value(re.compile("cirr_task7"), timeout=60_000)
+    sync_api.expect(panel.get_by_text(re.compile(r"Free query: no gold"))).to_be_visible(timeout=60_000)
+    assert panel.locator(".query-warning").count() == 0
+
+
+def test_a_text_task_clears_and_hides_the_image(page):
+    _tab(page, "Search")
+    _choose(page, "Task", "(cirr_task7)")
+    panel = _search_panel(page)
+    panel.locator(".example-queries tbody tr").first.click()
+    sync_api.expect(panel.locator("#search-query-image img").first).to_be_visible(timeout=60_000)
+    _choose(page, "Task", "(webqa_task1)")
+    sync_api.expect(panel.get_by_label("Query image")).to_be_hidden()
+    _choose(page, "Task", "(cirr_task7)")
+    sync_api.expect(panel.locator("#search-query-image img")).to_have_count(0)
+
+
+def test_compare_replaces_the_previous_query_on_the_page(page):
+    _run_search(page, "webqa_task1", "who painted it?", "never")
+    panel = _search_panel(page)
+    panel.get_by_label("Query text").fill("what is known about the kite?")
+    panel.get_by_role("button", name="Compare: reasoning off vs on").click()
+    sync_api.expect(panel.get_by_text(re.compile(r"Top-\d+ overlap"))).to_be_visible(timeout=90_000)
+    sync_api.expect(panel.locator(".route-badge")).to_contain_text("because you forced reasoning")
+    sync_api.expect(panel.get_by_text(re.compile("Compare.*the run with reasoning"))).to_be_visible()
+    # a new search clears the comparison: the page never shows two queries at once
+    _run_search(page, "webqa_task1", "who painted it?", "never")
+    sync_api.expect(panel.get_by_text(re.compile(r"Top-\d+ overlap"))).to_have_count(0)
+
+
+TABS_TO_CHECK = ["Search", "Reasoning vs difficulty", "Embedding map", "Error inspection", "Walkthrough", "Benchmark"]
+
+
+def test_no_table_is_cut_at_1400_px(page):
+    _run_search(page, "mscoco_task0", "a dog on a sofa")
+    for name in TABS_TO_CHECK:
+        _tab(page, name)
+        page.wait_for_timeout(500)
+        cut = page.evaluate("""() => [...document.querySelectorAll('.table-wrap')]
+            .filter(w => w.offsetParent !== null && w.scrollWidth > w.clientWidth + 1)
+            .map(w => (w.getAttribute('aria-label') || '?') + ': ' + w.scrollWidth + ' > ' + w.clientWidth)""")
+        assert not cut, f"{name}: {cut}"
+        letters = page.evaluate(r"""() => [...document.querySelectorAll('th .header-content, th')]
+            .filter(h => h.offsetParent !== null && h.innerText.trim().length > 3)
+            .filter(h => { const words = h.innerText.split(/\s+/).filter(Boolean);
+                           const lines = h.innerText.split('\n').filter(Boolean);
+                           return lines.length > words.length + 1; })
+            .map(h => h.innerText)""")
+        assert not letters, f"{name}: headers broken inside words: {letters}"
     assert not page.page_errors, page.page_errors

@@ -281,3 +281,14 @@ def test_tab_builds_with_and_without_analysis(services, tmp_path_factory):
     with pytest.raises(UserError, match="No per-query table"):
         listing(bare, "all", "all", 5)
     assert "No per-query table" in show_detail(bare, None, "9:100", 5)[0]
+
+
+def test_a_bad_filter_is_a_warning_that_keeps_the_listing(services):
+    with gr.Blocks() as demo:
+        build_errors_tab(services)
+    refresh = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "refresh")
+    shown, summary = refresh("failures only", "all", 5)
+    assert len(shown) and "queries match" in summary
+    with pytest.warns(UserWarning, match="k must be"):
+        kept = refresh("failures only", "all", 0)
+    assert kept == (gr.skip(), gr.skip())

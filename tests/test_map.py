@@ -133,6 +133,12 @@ def test_picking_a_candidate_or_a_bad_point(services):
     n = emap.candidate_point(services.tasks["mscoco_task0"].index.ids[0])
     highlight, desc, image = pick(services, {"picked": n})
     assert "mscoco_task0" in desc and image and highlight["focus"]["x"] == pytest.approx(emap.xy[n][0], abs=1e-3)
+    # an image-only candidate says what it is: "image" and its file name, not its id a second time
+    c = services.tasks["mscoco_task0"].candidate(emap.points.iloc[n]["id"])
+    name = f"image · {c.image_path.split('/')[-1]}"
+    assert name in desc and desc.count(c.did) == 1 and emap.points.iloc[n]["label"] == name
+    web = emap.candidate_point(services.tasks["webqa_task1"].index.ids[0])
+    assert services.tasks["webqa_task1"].pool[0].text in pick(services, {"picked": web})[1]
     _, desc, _ = pick(services, {"picked": 10_000})
     assert "not on the map" in desc
     assert pick(services, None)[1].startswith("Click a point")
@@ -144,10 +150,23 @@ def test_a_live_query_lands_among_its_hits_and_a_reasoned_one_shows_its_path(ser
     expected = services.map.place([h.did for h in res.hits], [h.score for h in res.hits])
     assert (highlight["focus"]["x"], highlight["focus"]["y"]) == pytest.approx(expected)
     assert len(highlight["neighbours"]) == 4 and "from" in highlight and "CoT" in desc
+    assert f"#1 {res.hits[0].caption}" in desc  # the hits by name
     direct, _ = place_query(services, "webqa_task1", "who painted it?", None, "never", 4)
     assert "from" not in direct
     with pytest.raises(UserError, match="empty"):
         place_query(services, "webqa_task1", "", None, "auto", 4)
+
+
+def test_a_mistake_on_the_map_is_a_warning_that_keeps_the_map(services):
+    with gr.Blocks() as demo:
+        build_map_tab(services)
+    fn = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_place")
+    with pytest.warns(UserWarning, match="empty"):
+        out = fn("webqa_task1", "  ", None, "auto", 4)
+    assert all(o == gr.skip() for o in out)
+    change = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "change_task")
+    text, image = change("webqa_task1", "who?")  # a text-only task: no image box, the image is cleared
+    assert image.visible is False and image.value is None and text.visible is True
 
 
 def test_map_tab_builds_and_sends_the_points_once(services):

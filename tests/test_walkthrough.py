@@ -18,7 +18,6 @@ from app.walkthrough_tab import (
     build_walkthrough_tab,
     decision_figure,
     decision_words,
-    example_queries,
     run_walkthrough,
     token_strip,
     walkthrough,
@@ -207,10 +206,12 @@ def test_handler_ranks_like_the_index_and_marks_gold(services):
     scores, ids = t.index.search(view.walk.embedding, 4)
     assert [h.did for h in view.search.hits] == list(ids[0])
     np.testing.assert_allclose([h.score for h in view.search.hits], scores[0], atol=1e-6)
-    assert [row[0] for row in view.table] == [1, 2, 3, 4] and [row[1] for row in view.table] == list(ids[0])
+    assert [row[0] for row in view.table] == [1, 2, 3, 4] and [row[4] for row in view.table] == list(ids[0])
     gold = t.positives[q.qid]
-    assert all((row[3] == "✓") == (row[1] in gold) for row in view.table)
+    assert all((row[2] == "✓") == (row[4] in gold) for row in view.table)
+    assert all(row[3].startswith("image · ") for row in view.table)  # what each image-only candidate is
     assert len(view.gallery) == 4  # a text -> image task shows the candidate images
+    assert all("image · " in caption for _, caption in view.gallery)
     assert f"`{q.qid}`" in view.ranking_md and "rank **" in view.ranking_md
     # the same query through the encoder gives the same embedding
     [ref] = services.encoder.encode_queries([Query(text=q.text, instruction=t.instructions[0])], "never")
@@ -272,8 +273,9 @@ def test_bad_input_is_a_clear_message_and_the_handler_keeps_working(services):
         walkthrough(services, "nope_task1", "a dog", None, None)
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="empty"):
-        list(run_walkthrough(services, "mscoco_task0", None, "", None, "auto", 0.0, 5, ""))
+    with pytest.warns(UserWarning, match="empty"):  # a warning; every output keeps what it shows
+        [kept] = list(run_walkthrough(services, "mscoco_task0", None, "", None, "auto", 0.0, 5, ""))
+    assert len(kept) == 11 and all(o == gr.skip() for o in kept)
     assert not services.model_lock.locked()
     outs = list(run_walkthrough(services, "webqa_task1", None, "who?", None, "always", 0.0, 2, ""))
     assert len(outs[0]) == 11 and isinstance(outs[0][3], go.Figure)  # steps 1 and 2 come first
@@ -281,16 +283,20 @@ def test_bad_input_is_a_clear_message_and_the_handler_keeps_working(services):
 
 
 def test_examples_are_benchmark_queries_of_the_task(services):
+    from app.usecases import example_queries
+
     t = services.tasks["cirr_task7"]
-    ex = example_queries(t)
-    assert ex and len(ex) <= 8 and all(q in t.queries for q in ex)
-    t.labels.update({ex[0].qid: "reason"})
+    ex = example_queries(services, "cirr_task7", 8)  # no evaluation loaded: the first queries, unranked
+    assert ex and len(ex) <= 8 and [e.qid for e in ex] == [q.qid for q in t.queries[:len(ex)]]
+    assert all(e.image and e.text and e.gold_rank is None for e in ex)
+    t.labels.update({ex[2].qid: "reason"})
     try:
-        ex2 = example_queries(t, 4)
-        # labels alternate ("?" sorts before "reason"), so the one labelled query comes second
-        assert len(ex2) == 4 and [q.qid for q in ex2] == [ex[1].qid, ex[0].qid, ex[2].qid, ex[3].qid]
+        ex2 = example_queries(services, "cirr_task7", 4)
+        # simple and complex alternate, so the one complex query moves up to second place
+        assert [e.qid for e in ex2] == [ex[0].qid, ex[2].qid, ex[1].qid, ex[3].qid]
+        assert ex2[1].difficulty == "complex" and "complex" in ex2[1].result
     finally:
-        t.labels.pop(ex[0].qid)
+        t.labels.pop(ex[2].qid)
 
 
 def test_tab_builds_with_model_calls_in_the_model_queue(services):

@@ -1,0 +1,104 @@
+"""How the app names and describes things, in plain words, for every tab (no Gradio here).
+
+One place for the sentences more than one tab shows: what a candidate is (its text, or "image" and its file
+name when it has no text), what the route badge means when the reasoning mode was forced, and the warning for
+a chain of thought that ran into the token cap.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Callable, Sequence
+
+from trace_core.records import QueryResult
+
+NAME_CHARS = 90  # a candidate's name in a caption or a table cell is cut after this many characters
+# A query image box (gr.Image) keeps the image as it is: lossless PNG (not Gradio's default lossy WebP) and its own
+# mode (RGBA stays RGBA), so that `trace_core.records.load_image` puts transparent pixels on white exactly as the
+# evaluation did. A plain convert("RGB") would turn an emoji's transparent background black, and WebP would change
+# its pixels: the same benchmark query would then land elsewhere than in the evaluation.
+QUERY_IMAGE = {"image_mode": None, "format": "png"}
+
+
+def candidate_name(text: str | None, image: str | None, limit: int | None = NAME_CHARS) -> str:
+    """What a candidate is, for a caption or a table cell: its text, else "image · <file name>"."""
+    text = " ".join((text or "").split())
+    if text:
+        return text if limit is None or len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    if image:
+        return f"image · {os.path.basename(image)}"
+    return "(no text, no image)"
+
+
+def own_choice(result: QueryResult) -> str:
+    """The route the model itself would have taken at the first step ("direct" or "reason")."""
+    step = result.first_step
+    if step is not None:
+        return "direct" if step.prefers_direct else "reason"
+    return "direct" if result.emb_margin + result.routing_bias > 0 else "reason"
+
+
+def route_words(result: QueryResult) -> str:
+    """The route badge in words. A forced mode says what the model itself would have done, so that
+    "reasoned" next to P(<|emb|> first) = 1.00 does not read as a contradiction."""
+    p = f"P(<|emb|> first) = {result.p_emb:.2f}"
+    step = result.first_step
+    if step is not None and not step.can_reason:
+        return f"direct: embedded at once (this model never reasons) · {p}"
+    if result.reasoning == "auto":
+        if result.route == "direct":
+            return f"direct: the model chose to embed at once · {p}"
+        return f"reasoned: the model chose to think before embedding · {p}"
+    own = own_choice(result)
+    if result.reasoning == "always":
+        head = "reasoned before embedding, because you forced reasoning (always)"
+        own_words = ("the model itself would have embedded at once" if own == "direct"
+                     else "the model itself would have reasoned too")
+    else:
+        head = "direct: embedded at once, because you turned reasoning off (never)"
+        own_words = ("the model itself would have reasoned first" if own == "reason"
+                     else "the model itself would have embedded at once too")
+    return f"{head} · {own_words} ({p})"
+
+
+def cap_warning(result: QueryResult, cap: int | None = None) -> str:
+    """One sentence when the chain of thought did not end by itself (token cap or end of sequence), else ""."""
+    if result.stop_reason == "max_tokens":
+        limit = f"the {cap}-token cap" if cap else "the token cap"
+        guard = ("" if result.no_repeat_ngram else
+                 " It may have been looping; the repetition guard can stop that.")
+        return (f"The chain of thought ran into {limit} without ending by itself: it is cut off there and "
+                f"<|emb|> was forced.{guard}")
+    if result.stop_reason == "eos":
+        return "The model tried to stop before writing <|emb|>: its chain of thought ends there and <|emb|> was forced."
+    return ""
+
+
+def cap_warning_html(result: QueryResult, cap: int | None = None) -> str:
+    note = cap_warning(result, cap)
+    return f"<div class='cap-warning'>⚠ {html.escape(note)}</div>" if note else ""
+
+
+STOP_NOTES = {  # a stored stop reason (the evaluation tables) in a few words, for a CoT shown from a table
+    "max_tokens": "cut off at the token cap: <|emb|> was forced",
+    "eos": "the model tried to stop before <|emb|>: <|emb|> was forced",
+}
+
+
+def example_cell(text: str | None, image: str | None) -> str:
+    """An example query as HTML (an examples table's "html" cell, never cut): a thumbnail of its image (an
+    absolute path under a static folder of the app), then its text."""
+    parts = []
+    if image:
+        parts.append(f'<img src="gradio_api/file={html.escape(image)}" alt="{html.escape(os.path.basename(image))}" '
+                     'class="example-thumb">')
+    if text:
+        parts.append(f"<span>{html.escape(text)}</span>")
+    return " ".join(parts) or "(empty)"
+
+
+def example_samples(examples: Sequence, image_path: Callable[[str], str | None]) -> list[list[str]]:
+    """The rows of an examples table: the query (thumbnail and text) and how the model did on it.
+    `examples` are `usecases.Example`s; `image_path` turns a data-relative path into an absolute one."""
+    return [[example_cell(e.text, image_path(e.image) if e.image else None), e.result] for e in examples]
