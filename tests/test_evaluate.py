@@ -158,3 +158,26 @@ def test_counterfactual_pass_is_reported_as_an_always_reason_run(fixture, evalua
         assert m["reason_rate"] == 1.0 and m["mean_cot_tokens"] == pytest.approx(part["cot_tokens_always"].mean())
     assert "always" not in results["pairs"]["cirr_task7"]
     assert always["average"]["n_queries"] == results["average"]["n_queries"]
+
+
+def test_cli_repetition_guard_is_applied_and_recorded(fixture, tiny_qwen_dir, tmp_path, capsys):
+    base = ["--mbeir-dir", str(fixture["root"]), "--split", "test", "--pairs", "cirr_task7", "--model",
+            str(tiny_qwen_dir), "--cache-dir", str(tmp_path / "c"), "--reasoning", "always", "--max-queries", "3"]
+    assert main([*base, "--out", str(tmp_path / "g"), "--no-repeat-ngram", "2"]) == 0
+    results = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert results["config"]["no_repeat_ngram"] == 2
+    table = pd.read_parquet(tmp_path / "g" / "queries.parquet")
+    # the CoTs are the guarded ones: what the encoder writes with the same guard, not plain greedy decoding
+    enc = trace_core.load_model(tiny_qwen_dir)
+    root = fixture["root"]
+    (pair,) = discover_pairs(root, "test", "cirr_task7")
+    queries, pool, positives = load_pair(pair)
+    by_id = {c.did: c for c in pool}
+    instr = load_default_instructions()
+    inputs = [to_query(q, root, instr.for_query(q, candidate_modality_of(q, by_id, positives[q.qid])))
+              for q in queries[:3]]
+    guarded = [r.cot for r in enc.encode_queries(inputs, reasoning="always", no_repeat_ngram=2)]
+    plain = [r.cot for r in enc.encode_queries(inputs, reasoning="always")]
+    assert table["cot"].tolist() == guarded and guarded != plain
+    assert main([*base, "--out", str(tmp_path / "bad"), "--no-repeat-ngram", "99"]) == 2
+    assert "no_repeat_ngram" in capsys.readouterr().err

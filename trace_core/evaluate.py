@@ -59,6 +59,7 @@ class EvalConfig:
     run_id: str = "trace"  # run id column of the run files
     cache_dir: str = ".cache/index"  # where pool indexes are cached
     approximate_above: int = IndexConfig.approximate_above  # pools larger than this get an HNSW index
+    no_repeat_ngram: int = 0  # repetition guard of CoT decoding (0: plain greedy, the paper's decoding)
 
 
 def _instructions_for(root: Path) -> Instructions:
@@ -94,7 +95,8 @@ def evaluate_pair(
 
     t0 = time.perf_counter()
     results = encoder.encode_queries(
-        inputs, reasoning=cfg.reasoning, routing_bias=cfg.routing_bias, progress=True
+        inputs, reasoning=cfg.reasoning, routing_bias=cfg.routing_bias, progress=True,
+        no_repeat_ngram=cfg.no_repeat_ngram,
     )
     elapsed = time.perf_counter() - t0
     final = np.stack([r.embedding for r in results])  # [Q, D]
@@ -105,7 +107,8 @@ def evaluate_pair(
     always, always_elapsed = None, 0.0
     if cfg.counterfactual:
         t1 = time.perf_counter()
-        always = encoder.encode_queries(inputs, reasoning="always", progress=True)
+        always = encoder.encode_queries(inputs, reasoning="always", progress=True,
+                                        no_repeat_ngram=cfg.no_repeat_ngram)
         always_elapsed = time.perf_counter() - t1
 
     gold_sets = [positives[q.qid] for q in queries]
@@ -250,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--routing-bias", type=float, default=0.0)
     parser.add_argument("--instruction-index", type=int, default=0, choices=range(4))
     parser.add_argument("--max-queries", type=int, default=None, help="first N queries per pair only")
+    parser.add_argument("--no-repeat-ngram", type=int, default=0,
+                        help="repetition guard: never repeat an n-gram of this length in a CoT (0: off, the paper's "
+                             "greedy decoding)")
     parser.add_argument("--counterfactual", action="store_true",
                         help="also encode every query with reasoning forced on (gold rank with/without CoT)")
     parser.add_argument("--style", default=None, help="prompt style override: trace, lamra, ume-r1")
@@ -270,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counterfactual=args.counterfactual,
         cache_dir=args.cache_dir,
         approximate_above=args.approximate_above,
+        no_repeat_ngram=args.no_repeat_ngram,
     )
     try:
         root = Path(args.mbeir_dir)
