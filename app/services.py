@@ -20,6 +20,7 @@ from analysis.embedding_map import EmbeddingMap, PoolPoints, QueryPoints, load_o
 from trace_core.embed_pool import pool_index
 from trace_core.encoder import Encoder
 from trace_core.index import CandidateIndex
+from trace_core.instructions import instructions_for
 from trace_core.loading import load_model
 from trace_core.mbeir import (
     ImagePathError,
@@ -27,10 +28,8 @@ from trace_core.mbeir import (
     MBEIRQuery,
     check_images,
     discover_pairs,
-    load_default_instructions,
     load_pair,
     read_cot_labels,
-    read_instructions,
     resolve_image,
 )
 
@@ -110,8 +109,7 @@ class Services:
              analysis: str | Path | None = None, embedding_map: bool = True) -> Services:
         root = Path(data)
         encoder = encoder or load_model(model)
-        table = root / "instructions" / "query_instructions.tsv"
-        instructions = read_instructions(table) if table.is_file() else load_default_instructions()
+        instructions = instructions_for(root)
         tasks: dict[str, Task] = {}
         notes: list[str] = []
         pairs = discover_pairs(root, split)

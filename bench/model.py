@@ -18,12 +18,13 @@ import torch
 from bench.common import alternate, timed
 from trace_core.embed_pool import to_candidate, to_query
 from trace_core.encoder import Encoder
-from trace_core.mbeir import discover_pairs, load_pair, read_cot_labels, read_instructions
+from trace_core.instructions import instructions_for
+from trace_core.mbeir import discover_pairs, load_pair, read_cot_labels
 
 
 def _queries(root: Path, name: str, n: int, route: str | None = None):
     """Up to n test queries of a pair (only those labelled `route`, when given) and n of its candidates."""
-    instructions = read_instructions(root / "instructions" / "query_instructions.tsv")
+    instructions = instructions_for(root)
     (pair,) = discover_pairs(root, "test", name)
     queries, pool, _ = load_pair(pair)
     if route is not None:

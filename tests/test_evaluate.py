@@ -16,7 +16,8 @@ import trace_core
 from tests.mbeir_fixture import build_fixture
 from trace_core.embed_pool import to_candidate, to_query
 from trace_core.evaluate import main
-from trace_core.mbeir import candidate_modality_of, discover_pairs, load_default_instructions, load_pair
+from trace_core.instructions import load_default_instructions
+from trace_core.mbeir import candidate_modality_of, discover_pairs, load_pair
 
 
 @pytest.fixture(scope="module")

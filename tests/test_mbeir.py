@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.mbeir_fixture import build_fixture
 from trace_core import mbeir
+from trace_core.instructions import instructions_for, load_default_instructions, read_instructions
 from trace_core.mbeir import (
     MODALITIES,
     ImagePathError,
@@ -24,9 +25,7 @@ from trace_core.mbeir import (
     candidate_modality_of,
     check_images,
     discover_pairs,
-    load_default_instructions,
     load_pair,
-    read_instructions,
     read_pool,
     read_qrels,
     read_queries,
@@ -405,3 +404,15 @@ def test_candidate_modality_of(fx: dict[str, Any]) -> None:
     assert candidate_modality_of(q, pool, positives=["9:3"]) == "image"
     with pytest.raises(KeyError, match="9:1"):
         candidate_modality_of(q, pool, positives=["9:404"])
+
+
+def test_instructions_for_a_folder_read_its_table_or_fall_back_to_the_shipped_one(tmp_path, caplog) -> None:
+    table = tmp_path / "with" / "instructions" / "query_instructions.tsv"
+    table.parent.mkdir(parents=True)
+    table.write_text("query_modality\tcand_modality\tdataset\tdataset_id\tprompt_1\n"
+                     "text\timage\tToy\t99\tFind the toy picture.\n")
+    own = instructions_for(tmp_path / "with")
+    assert own.get("text", "image", 99) == ("Find the toy picture.",) and len(own) == 1
+    caplog.set_level("WARNING")
+    shipped = instructions_for(tmp_path / "without")
+    assert shipped.rows() == load_default_instructions().rows() and "shipped with trace_core" in caplog.text

@@ -29,17 +29,9 @@ from .atomic import atomic_file
 from .embed_pool import pool_index, to_query
 from .encoder import Encoder
 from .index import CorruptIndexError, IndexConfig, IndexMismatchError
+from .instructions import Instructions, instructions_for
 from .loading import ModelNotFoundError
-from .mbeir import (
-    Instructions,
-    MBEIRPair,
-    candidate_modality_of,
-    check_images,
-    discover_pairs,
-    load_default_instructions,
-    load_pair,
-    read_instructions,
-)
+from .mbeir import MBEIRPair, candidate_modality_of, check_images, discover_pairs, load_pair
 from .metrics import headline_metric, mean_of_pairs
 from .records import REASONING_MODES, InputError, ReasoningMode
 
@@ -60,14 +52,6 @@ class EvalConfig:
     cache_dir: str = ".cache/index"  # where pool indexes are cached
     approximate_above: int = IndexConfig.approximate_above  # pools larger than this get an HNSW index
     no_repeat_ngram: int = 0  # repetition guard of CoT decoding (0: plain greedy, the paper's decoding)
-
-
-def _instructions_for(root: Path) -> Instructions:
-    path = root / "instructions" / "query_instructions.tsv"
-    if path.is_file():
-        return read_instructions(path)
-    log.warning("no %s; using the instruction table shipped with trace_core", path)
-    return load_default_instructions()
 
 
 def evaluate_pair(
@@ -180,7 +164,7 @@ def evaluate(encoder: Encoder, root: Path, split: str, pairs: str, out: Path, cf
     found = discover_pairs(root, split, pairs)
     if not found:
         raise FileNotFoundError(f"no query files under {root / 'query' / split}")
-    instructions = _instructions_for(root)
+    instructions = instructions_for(root)
     per_pair, tables = {}, []
     for n, pair in enumerate(found, start=1):
         log.info("[%d/%d] %s", n, len(found), pair.name)

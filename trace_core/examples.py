@@ -9,14 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .mbeir import (
-    MBEIRCandidate,
-    discover_pairs,
-    load_pair,
-    read_cot_labels,
-    read_instructions,
-    resolve_image,
-)
+from .instructions import instructions_for
+from .mbeir import MBEIRCandidate, discover_pairs, load_pair, read_cot_labels, resolve_image
 from .records import Candidate, Query
 
 
@@ -34,7 +28,7 @@ class Example:
 def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[str, list[Example]]:
     """Training examples grouped by pair: each query with its CoT label and each of its positives."""
     root = Path(root)
-    instructions = read_instructions(root / "instructions" / "query_instructions.tsv")
+    instructions = instructions_for(root)
     by_pair: dict[str, list[Example]] = {}
 
     def candidate(c: MBEIRCandidate) -> Candidate:
