@@ -55,16 +55,23 @@ def check_routing_bias(bias: object) -> float:
 MAX_NO_REPEAT_NGRAM = 8
 
 
+def _whole_number(x: object) -> int | None:
+    """`x` as an int when it holds a whole number (UI sliders and API calls send 10.0 or "7"), else None;
+    booleans are not numbers here."""
+    if isinstance(x, bool):
+        return None
+    try:
+        number = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not number.is_integer():
+        return None
+    return x if isinstance(x, int) else int(number)
+
+
 def check_no_repeat_ngram(n: object) -> int:
     """The repetition guard's n-gram length: 0 (off) or a whole number from 1 to MAX_NO_REPEAT_NGRAM."""
-    value = None
-    if not isinstance(n, bool):
-        try:
-            number = float(n)  # type: ignore[arg-type]
-            if number.is_integer():
-                value = int(number)
-        except (TypeError, ValueError, OverflowError):
-            pass
+    value = _whole_number(n)
     if value is None or not 0 <= value <= MAX_NO_REPEAT_NGRAM:
         raise InputError(f"no_repeat_ngram must be 0 (off) or a whole number from 1 to {MAX_NO_REPEAT_NGRAM}; "
                          f"got {n!r}.")
@@ -72,16 +79,8 @@ def check_no_repeat_ngram(n: object) -> int:
 
 
 def check_k(k: object) -> int:
-    """`k` of a top-k or a recall@k as an int: a whole number >= 1. UI sliders and API calls send floats
-    (10.0) or strings ("7"); those are accepted when they hold a whole number."""
-    value = None
-    if not isinstance(k, bool):
-        try:
-            number = float(k)  # type: ignore[arg-type]
-            if number.is_integer():
-                value = int(k) if isinstance(k, int) else int(number)
-        except (TypeError, ValueError, OverflowError):
-            pass
+    """`k` of a top-k or a recall@k as an int: a whole number >= 1 (floats and strings holding one are taken)."""
+    value = _whole_number(k)
     if value is None or value < 1:
         raise InputError(f"k must be a whole number >= 1; got {k!r}.")
     return value
