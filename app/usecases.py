@@ -248,11 +248,16 @@ def example_queries(services: Services, task_name: str, n: int = 4) -> list[Exam
     return out[:n]
 
 
-def _headline_by_task(services: Services) -> dict[str, float]:
-    """Each task's headline score in the loaded evaluation (the auto run), when there is one."""
+def _auto_run(services: Services) -> dict:
+    """The loaded model's own evaluation run (a report's first run, or a plain results.json); {} when none."""
     report = services.benchmark or {}
     run = next(iter(report["runs"].values()), None) if "runs" in report else report
-    pairs = (run or {}).get("pairs", {})
+    return run or {}
+
+
+def _headline_by_task(services: Services) -> dict[str, float]:
+    """Each task's headline score in the loaded evaluation (the auto run), when there is one."""
+    pairs = _auto_run(services).get("pairs", {})
     out = {}
     for name, m in pairs.items():
         head = m.get(headline_metric(name))
@@ -278,9 +283,7 @@ def reasoning_rates(services: Services) -> dict[str, float]:
     t = services.queries
     if t is not None and len(t) and "route" in t:
         return {p: float((g["route"] == "reason").mean()) for p, g in t.groupby("pair") if p in services.tasks}
-    report = services.benchmark or {}
-    run = next(iter(report["runs"].values()), None) if "runs" in report else report
-    return {p: float(m["reason_rate"]) for p, m in (run or {}).get("pairs", {}).items()
+    return {p: float(m["reason_rate"]) for p, m in _auto_run(services).get("pairs", {}).items()
             if p in services.tasks and "reason_rate" in m}
 
 
