@@ -176,8 +176,14 @@ def test_the_name_head_learns_to_spell_image_names_and_feeds_them_to_the_lm_as_w
     model.export(tmp_path / "ckpt")
     loaded = MiniBackbone.from_pretrained(tmp_path / "ckpt", device="cpu").model
     assert loaded.read_names(loaded.image_features([Image.open(p) for p in paths])) == names
-    # checkpoints from before the head load without one
+    # the head is slim by default (a rank-64 bottleneck: it ships inside the checkpoint); v2 run 3's
+    # checkpoints, written before the bottleneck, load as the full-width head they hold
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert (config["name_width"], config["name_rank"]) == (512, 64) and model.namer.up is not None
+    del config["name_width"], config["name_rank"]
+    run3 = MiniConfig.from_dict(config)
+    assert (run3.name_width, run3.name_rank) == (1024, 0)
+    # checkpoints from before the head load without one
     del config["name_slots"]
     assert MiniConfig.from_dict(config).name_slots == 0
     plain = TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64, name_slots=0), lm_dir=lm_dir)

@@ -417,7 +417,14 @@ def build_model(base: str, init: str | None = None):
         if init is not None:
             from safetensors.torch import load_file
 
-            model.load_state_dict(load_file(Path(init) / "trace_mini.safetensors"), strict=False)
+            state = load_file(Path(init) / "trace_mini.safetensors")
+            own = model.state_dict()
+            # A part whose shape changed (v2 run 3's full-width name head) starts afresh and is named.
+            changed = sorted(k for k, t in state.items() if k in own and own[k].shape != t.shape)
+            if changed:
+                log.warning("--init %s: %d tensors of another shape start afresh: %s", init, len(changed),
+                               ", ".join(changed))
+            model.load_state_dict({k: t for k, t in state.items() if k not in changed}, strict=False)
         # Teacher CoTs are at most ~90 tokens; a cap a little above keeps a looping model from running long.
         return model, dataclasses.replace(TRACE_STYLE, max_cot_tokens=128)
     from .backbones.qwen2vl import QwenVLTrainable

@@ -59,6 +59,8 @@ class MiniConfig:
     colour_token: bool = True  # one extra image token from a colour histogram of the foreground pixels
     name_slots: int = 16  # image tokens spelled by the name head (0: none, as in v1 and v2 run 1-2)
     name_vocab: int = 2048  # most distinct word pieces the name head can spell
+    name_width: int = 512  # the name head's hidden width
+    name_rank: int = 64  # its slots are spelled in a rank-r space, then mapped to the LM's width (0: directly)
     vision_dim: int = 1280  # channels of the encoder's last feature map
     lora_r: int = 16  # LoRA rank on the LM's attention projections
     lora_alpha: int = 32
@@ -79,6 +81,8 @@ class MiniConfig:
         data.setdefault("image_grid", 2)  # v1 checkpoints predate these keys: 2x2 grid, no colour token
         data.setdefault("colour_token", False)
         data.setdefault("name_slots", 0)  # checkpoints before the name head
+        data.setdefault("name_width", 1024)  # v2 run 3's full-width name head
+        data.setdefault("name_rank", 0)
         if "lora_targets" in data:
             data["lora_targets"] = tuple(data["lora_targets"])
         return cls(**data)
@@ -135,7 +139,8 @@ class TraceMini(nn.Module):
                                         colour_norm)
         if config.name_slots:
             self.namer = NameHead(config.vision_dim, config.image_grid, HIST_BINS**3 if config.colour_token else 0,
-                                  config.name_slots, config.name_vocab, hidden)
+                                  config.name_slots, config.name_vocab, hidden, config.name_width,
+                                  config.name_rank)
             self.namer.set_vocab([NameHead.end_id(tokenizer)])  # until fitted, every slot spells the end "."
         # Mean input embedding of each ImageNet class name [1000, H]: derived from frozen weights, not saved.
         self.register_buffer("class_words", self._class_word_embeddings(tokenizer, table), persistent=False)

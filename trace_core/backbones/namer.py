@@ -19,21 +19,27 @@ class NameHead(nn.Module):
     spells the nearest name it knows: the other image tokens still carry the picture itself.
 
     slot k: cells (LayerNorm, Linear 128 each) + global (LayerNorm, Linear 256) + colour (Linear 128)
-            --MLP--> slots x H --cosine with the word embeddings of `vocab`, times a learnt scale--> logits
+            --MLP (width)--> slots x rank --one shared Linear--> slots x H
+            --cosine with the word embeddings of `vocab`, times a learnt scale--> logits
+    The rank-r bottleneck keeps the head small enough to ship (width 512, rank 64: 1.9 M parameters; v2 run
+    3's full head, width 1024 and no bottleneck, had 11.5 M).
     """
 
-    def __init__(self, vision_dim: int, grid: int, hist_bins: int, slots: int, vocab_size: int, hidden: int):
+    def __init__(self, vision_dim: int, grid: int, hist_bins: int, slots: int, vocab_size: int, hidden: int,
+                 width: int = 512, rank: int = 64):
         """Features [N, vision_dim, grid**2 + 1 (+ 1)] as TraceMini.image_features lays them out: the grid
         cells, the global average, and (hist_bins > 0) the colour histogram in the first hist_bins rows of one
-        more column. `vocab_size`: most word pieces it can spell; `hidden`: the LM's width."""
+        more column. `vocab_size`: most word pieces it can spell; `hidden`: the LM's width; `width`: the MLP's;
+        `rank`: the slots' bottleneck (0: the MLP writes slots x hidden directly)."""
         super().__init__()
         self.grid, self.hist_bins, self.slots, self.hidden = grid, hist_bins, slots, hidden
         self.cell = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, 128))
         self.glob = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, 256))
         self.hist = nn.Linear(hist_bins, 128) if hist_bins else None
-        width = 128 * grid**2 + 256 + (128 if hist_bins else 0)
-        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(width, 1024), nn.GELU(), nn.Dropout(0.1),
-                                 nn.Linear(1024, slots * hidden))
+        inputs = 128 * grid**2 + 256 + (128 if hist_bins else 0)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(inputs, width), nn.GELU(), nn.Dropout(0.1),
+                                 nn.Linear(width, slots * (rank or hidden)))
+        self.up = nn.Linear(rank, hidden) if rank else None
         self.scale = nn.Parameter(torch.tensor(10.0))
         # Word-piece ids it can spell; -1 marks unused rows (masked). Set by TraceMini.fit_name_head.
         self.register_buffer("vocab", torch.full((vocab_size,), -1, dtype=torch.long))
@@ -62,7 +68,10 @@ class NameHead(nn.Module):
         parts = [self.cell(features[..., :g2].transpose(1, 2)).flatten(1), self.glob(features[..., g2])]
         if self.hist is not None:
             parts.append(self.hist(features[:, : self.hist_bins, g2 + 1] * 4))
-        slots = nn.functional.normalize(self.mlp(torch.cat(parts, -1)).view(-1, self.slots, self.hidden), dim=-1)
+        slots = self.mlp(torch.cat(parts, -1)).view(len(features), self.slots, -1)
+        if self.up is not None:
+            slots = self.up(slots)
+        slots = nn.functional.normalize(slots, dim=-1)
         words = nn.functional.normalize(table[self.vocab.clamp(min=0)].to(slots.dtype), dim=-1)
         logits = self.scale * slots @ words.T
         return logits.masked_fill(self.vocab < 0, float("-inf"))
