@@ -9,6 +9,7 @@ the same checks when it is present.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -536,6 +537,46 @@ def test_definitions_never_name_target(built: Path) -> None:
     assert not any("person of no importance" in g for g in glosses), "a sense of the wrong lexicographer file"
 
 
+def test_image_candidates_carry_their_names(built: Path) -> None:
+    """Every image-only candidate names what it shows in src_content (the app calls it by that name, not by
+    its file name), and the name is the right one: an emoji_task0 positive is named as its query's target."""
+    for name in _pair_names(built):
+        for c in _pool(built, name):
+            cand = mbeir.MBEIRCandidate(c["did"], c["txt"], c["img_path"], c["modality"], c["src_content"])
+            if c["modality"] == "image":
+                assert cand.shown_name, c
+            else:
+                assert cand.shown_name is None, c  # text says it already
+    pool = {c["did"]: c for c in _pool(built, "emoji_task0")}
+    for q in _queries(built, "emoji_task0", "test"):
+        assert json.loads(pool[q["pos_cand_list"][0]]["src_content"]) == {"name": q["target_name"]}
+
+
+def test_reach_keeps_val_and_test_to_answerable_questions(tmp_path: Path) -> None:
+    """With a reach rule (the base LM's answers in the real build), emoji_task1's val and test ask only what
+    it accepts, and only about their own targets; training keeps two questions per target either way."""
+    make_emoji_source(tmp_path / "emoji-src")
+    make_wordnet(tmp_path / "wordnet")
+    asked: list[str] = []
+
+    def reach(questions: list[str], targets: list[str]) -> list[bool]:
+        asked.extend(questions)
+        return [q.startswith("Which") for q in questions]
+
+    out = tmp_path / "corpus"
+    cfg = _config(tmp_path, out)
+    manifest = mb.build(dataclasses.replace(cfg, fashion_dir=None, reach=reach))
+    assert manifest["definition_reach"] == "custom"
+    held = [q for s in ("val", "test") for q in _queries(out, "emoji_task1", s) if q["route"] == "reason"]
+    assert held and all(q["query_txt"].startswith("Which") for q in held)
+    assert set(asked) >= {q["query_txt"] for q in held}
+    train = [q for q in _queries(out, "emoji_task1", "train") if q["route"] == "reason"]
+    assert any(not q["query_txt"].startswith("Which") for q in train)
+    assert not {q["query_txt"] for q in train} & set(asked), "training questions were asked of the reach rule"
+    check_no_leak(out)
+    check_definitions(out)
+
+
 def _families(built: Path) -> dict[str, set[str]]:
     """Variant name -> names of all variants of its family, from the synthetic source."""
     emoji = sources.load_emoji(built.parent / "emoji-src")
@@ -883,3 +924,18 @@ def check_committed(root: Path) -> None:
 def test_committed_corpus() -> None:
     check_committed(ASSETS)
     assert (ASSETS / "SOURCES.md").is_file()
+
+
+def test_reach_reads_its_cache_and_never_counts_a_shot(tmp_path: Path) -> None:
+    """Cached answers are reused without loading a model (the LM path here does not exist), an answer counts
+    when it names the target as whole words, and a target that is a shot's answer never counts."""
+    from trace_core.minibeir.reach import SHOTS, BaseLMReach
+
+    shot_q, shot_a = SHOTS[0]
+    cache = tmp_path / "reach.json"
+    cache.write_text(json.dumps({"Which emoji shows a yellow fruit?": " a banana", "Q2": " a catfish",
+                                 "Q3": f" {shot_a}"}), encoding="utf-8")
+    reach = BaseLMReach(lm=str(tmp_path / "no-such-lm"), cache=cache)
+    assert reach(["Which emoji shows a yellow fruit?", "Q2", "Q3"], ["banana", "cat", shot_a]) == [True, False, False]
+    with pytest.raises((OSError, ValueError)):  # a question not in the cache needs the model
+        reach(["a new question"], ["banana"])

@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from trace_core.minibeir.corpus import (
     split_items,
     take,
 )
+from trace_core.minibeir.reach import DEFAULT_CACHE as DEFAULT_REACH_CACHE
+from trace_core.minibeir.reach import BaseLMReach
 from trace_core.minibeir.wordnet import DEFAULT_WORDNET_DIR, WordNet
 
 logger = logging.getLogger(__name__)
@@ -145,6 +147,9 @@ class BuildConfig:
     max_clipart: int = 400  # clip-art items rendered (rendering is the slow part)
     fashion_pool: int = 150  # Fashion-MNIST pool images (split 70/10/20 per class like the queries)
     fashion_queries: int = 400  # Fashion-MNIST query images before the per-split caps
+    # (questions, targets) -> whether the untrained base LM answers each definition question
+    # (reach.BaseLMReach); None: emoji_task1 is split like the other pairs and not filtered
+    reach: Callable[[list[str], list[str]], list[bool]] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def build_clipart(corpus: Corpus, cfg: BuildConfig) -> None:
         png = src.render_svg(c.svg)
         if png is None:
             continue
-        rendered.append((c, corpus.image("clipart", c.key, lambda png=png: png)))
+        rendered.append((c, corpus.image("clipart", c.key, lambda png=png: png, c.title)))
     split_of = split_items((c.key for c, _ in rendered), cfg.seed, "clipart")
     for task in (0, 3):
         pair = Pair("clipart", task)
@@ -215,7 +220,8 @@ def build_fashion(corpus: Corpus, cfg: BuildConfig) -> None:
         pool_ims, rest = ims[:n_pool], ims[n_pool:]
         splits = split_items((im.key for im in pool_ims), cfg.seed, f"fashion-pool-{label}")
         for im in pool_ims:
-            rel = corpus.image("fashionmnist", im.key, lambda im=im: src.fashion_png(im))
+            rel = corpus.image("fashionmnist", im.key, lambda im=im: src.fashion_png(im),
+                               src.FASHION_CLASSES[im.label])
             did = corpus.cand("fashionmnist", None, rel)
             pool.append(did)
             targets.setdefault((splits[im.key], label), []).append(did)
@@ -271,7 +277,7 @@ def write_corpus(corpus: Corpus, root: Path, meta: dict[str, Any]) -> dict[str, 
                 f"{q.qid} Q0 {d} 1 {q.task_id}\n" for q in pair.queries[s] for d in q.positives
             )
             used_images.update(q.img for q in pair.queries[s] if q.img)
-        cands = [corpus.cands[d] for d in pair.pool]
+        cands = [corpus.cand_record(d) for d in pair.pool]
         files[f"cand_pool/local/mbeir_{pair.name}_cand_pool.jsonl"] = _jsonl(cands)
         used_images.update(c["img_path"] for c in cands if c["img_path"])
     rows = ["query_modality\tcand_modality\tdataset\tdataset_id\tprompt_1\tprompt_2\tprompt_3\tprompt_4"]
@@ -334,7 +340,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     wordnet = WordNet(cfg.wordnet_dir) if cfg.wordnet_dir is not None else None
     corpus = Corpus()
     cots = CotMaker(cfg.seed)
-    emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet)
+    emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet, cfg.reach)
     versions = {"emoji-datasource-google": src.emoji_version(cfg.emoji_dir)}
     if wordnet is not None:
         versions["wordnet-base"] = src.dpkg_version("wordnet-base")
@@ -364,6 +370,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                 "edit_pool": cfg.sizes.edit_pool,
             },
             "sources": versions,
+            # emoji_task1's val / test ask only what the untrained base LM answers (minibeir/reach.py)
+            "definition_reach": None if cfg.reach is None else getattr(cfg.reach, "lm_name", "custom"),
             "dataset_ids": {
                 k: v for k, v in DATASET_IDS.items() if any(p.dataset == k for p in corpus.pairs)
             },
@@ -397,6 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-fashionmnist", action="store_true", help="skip the Fashion-MNIST pair")
     p.add_argument("--wordnet-dir", type=Path, default=DEFAULT_WORDNET_DIR)
     p.add_argument("--no-wordnet", action="store_true", help="skip the definition questions (emoji_task1)")
+    p.add_argument("--no-reach", action="store_true",
+                   help="do not ask the base LM which definition questions it answers (emoji_task1 val/test "
+                        "then also hold questions it cannot answer)")
+    p.add_argument("--reach-cache", type=Path, default=DEFAULT_REACH_CACHE, help="the base LM's cached answers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", type=int, default=Sizes.train, help="training queries per pair")
     p.add_argument("--val", type=int, default=Sizes.val, help="validation queries per pair")
@@ -422,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes=Sizes(train=args.train, val=args.val, test=args.test, pool=args.pool,
                     mixed_train=args.mixed_train, mixed_test=args.mixed_test, edit_pool=args.edit_pool),
         max_clipart=args.max_clipart,
+        reach=None if args.no_reach or args.no_wordnet else BaseLMReach(cache=args.reach_cache),
     )
     try:
         manifest = build(cfg)

@@ -7,6 +7,7 @@ paper's filters here.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -56,15 +57,28 @@ class Corpus:
     def __init__(self) -> None:
         self.images: dict[str, Callable[[], bytes | None]] = {}  # rel path -> loader of PNG bytes
         self.cands: dict[str, dict[str, Any]] = {}  # did -> candidate record
+        self.image_names: dict[str, str] = {}  # image path -> what it shows, in words
         self._cand_ids: dict[tuple[str, str | None, str | None], str] = {}
         self._next_did: dict[str, int] = {}
         self._next_qid: dict[str, int] = {}
         self.pairs: list[Pair] = []
 
-    def image(self, dataset: str, key: str, loader: Callable[[], bytes | None]) -> str:
+    def image(self, dataset: str, key: str, loader: Callable[[], bytes | None], name: str | None = None) -> str:
+        """Register an image file (written later by `loader`); `name`: what it shows, in words ("dog face"),
+        written into the `src_content` of candidates that are this image alone, so an app can call them by
+        name rather than by file name."""
         rel = f"mbeir_images/{dataset}/{key}.png"
         self.images.setdefault(rel, loader)
+        if name:
+            self.image_names.setdefault(rel, name)
         return rel
+
+    def cand_record(self, did: str) -> dict[str, Any]:
+        """The candidate line as written: an image-only candidate's `src_content` names what it shows
+        ('{"name": "dog face"}'), when its image was registered with a name."""
+        rec = self.cands[did]
+        name = self.image_names.get(rec["img_path"]) if rec["img_path"] and not rec["txt"] else None
+        return {**rec, "src_content": json.dumps({"name": name}) if name else rec["src_content"]}
 
     def cand(self, dataset: str, txt: str | None, img: str | None) -> str:
         k = (dataset, txt, img)

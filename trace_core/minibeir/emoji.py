@@ -158,20 +158,27 @@ def _names_any(text: str, name: str) -> bool:
     return False
 
 
-def definition_sense(wordnet: WordNet, e: src.Emoji):
-    """The WordNet sense that fits the emoji (its category's lexicographer files), or None.
+def definition_senses(wordnet: WordNet, e: src.Emoji, most: int = 3) -> list:
+    """The WordNet senses that fit the emoji (its category's lexicographer files), first sense first.
 
     A gloss that contains a word of the name would make the question trivial: such senses are skipped; a
     hypernym that does ("cookie" for fortune cookie) is dropped, so no question quotes it."""
     files = SENSE_FILES.get(e.category)
     if files is None:
-        return None
+        return []
+    out = []
     for sense in wordnet.senses(e.name, files):
         if not _names_any(sense.gloss, e.name) and 3 <= len(sense.gloss.split()) <= 30:
             if sense.hypernym is not None and _names_any(sense.hypernym, e.name):
                 sense = replace(sense, hypernym=None)
-            return sense
-    return None
+            out.append(sense)
+    return out[:most]
+
+
+def definition_sense(wordnet: WordNet, e: src.Emoji):
+    """The first sense `definition_senses` keeps, or None."""
+    senses = definition_senses(wordnet, e, most=1)
+    return senses[0] if senses else None
 
 
 def definition_cot(e: src.Emoji, rng: random.Random) -> teacher.TeacherOutput:
@@ -221,7 +228,7 @@ def _mixed(made: list[Made], n: int, rng: random.Random) -> list[Made]:
 
 
 def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: CotMaker,
-                wordnet: WordNet | None) -> None:
+                wordnet: WordNet | None, reach=None) -> None:
     """All emoji pairs into ``corpus`` (see the module docstring)."""
     emoji = [e for e in emoji if e.category != "Component"]  # bare skin-tone swatches and hair parts
     families: dict[str, list[src.Emoji]] = {}
@@ -249,11 +256,11 @@ def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: 
 
     def img(e: src.Emoji, tone: str | None = None) -> str:
         path = e.image if tone is None else dict(e.tones)[tone]
-        return corpus.image("emoji", path.stem, path.read_bytes)
+        return corpus.image("emoji", path.stem, path.read_bytes, Variant(e, tone).name)
 
     _simple_pairs(corpus, plain, split_of, img, sizes, seed)
     if wordnet is not None:
-        _definitions(corpus, plain, split_of, img, sizes, seed, cots, wordnet)
+        _definitions(corpus, plain, split_of, img, sizes, seed, cots, wordnet, reach)
     _edits(corpus, edit_fams, img, sizes, seed, cots)
 
 
@@ -297,32 +304,56 @@ def _passage(e: src.Emoji) -> str:
             f"{e.subcategory.replace('-', ' ')} group.")
 
 
-def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, wordnet: WordNet) -> None:
-    """task1: a definition that never names its target (reason), or the plain name (direct) -> catalogue entry."""
+def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, wordnet: WordNet, reach=None) -> None:
+    """task1: a definition that never names its target (reason), or the plain name (direct) -> catalogue entry.
+
+    Targets are split by family like the other pairs (held-out targets never occur in training). With `reach`
+    ((questions, targets) -> answered by the base LM, `reach.BaseLMReach`), val and test ask every question of
+    up to three senses that the untrained base LM answers, and only those: the answer must come from its own
+    knowledge. Training asks two questions per target either way (without `reach`, of the first sense only)."""
     pair = Pair("emoji", 1)
     rng = rng_for(seed, "emoji", 1)
     passages = {e.code: corpus.cand("emoji", _passage(e), None) for e in plain}
+    named = {e.code: e for e in plain}
+    asked: dict[str, list[tuple[str, str]]] = {}  # code -> (template, question)
+    for e in plain:
+        senses = definition_senses(wordnet, e, most=1 if reach is None else 3)
+        qs = [(t, t.format(g=sense.gloss, h=sense.hypernym)) for sense in senses
+              for t in _DEFINITION_QUESTIONS if sense.hypernym or "{h}" not in t]
+        if qs:
+            asked[e.code] = qs
+    split = {c: split_of[named[c].family] for c in asked}
+    answerable = asked
+    if reach is not None:
+        flat = [(c, t, q) for c, qs in asked.items() if split[c] != "train" for t, q in qs]
+        ok = reach([q for _, _, q in flat], [named[c].name for c, _, _ in flat])
+        answerable = {}
+        for (c, t, q), hit in zip(flat, ok, strict=True):
+            if hit:
+                answerable.setdefault(c, []).append((t, q))
+        asked = {c: qs for c, qs in asked.items() if split[c] == "train" or c in answerable}
     by_group: dict[tuple[str, str], list[src.Emoji]] = {}
-    for e in plain:
-        by_group.setdefault((e.subcategory, split_of[e.family]), []).append(e)
+    for c in asked:
+        by_group.setdefault((named[c].subcategory, split[c]), []).append(named[c])
     per_split: dict[str, list[Made]] = {s: [] for s in SPLITS}
-    for e in plain:
-        sense = definition_sense(wordnet, e)
-        if sense is None:
-            continue
-        s = split_of[e.family]
+    for c in sorted(asked):
+        e, s = named[c], split[c]
         siblings = [x for x in by_group[(e.subcategory, s)] if x is not e]
         negs = tuple(passages[x.code] for x in rng_for(seed, "neg1", e.code).sample(siblings, min(3, len(siblings))))
-        templates = [t for t in _DEFINITION_QUESTIONS if sense.hypernym or "{h}" not in t]
-        for t in rng_for(seed, "def-q", e.code).sample(templates, min(2, len(templates))):
-            txt = t.format(g=sense.gloss, h=sense.hypernym)
-            cot = cots.make(f"e1:{e.code}:{t}", lambda r, e=e: definition_cot(e, r), e.name,
-                            query=txt)
+        if s == "train" or reach is None:
+            qs = rng_for(seed, "def-q", e.code).sample(asked[c], min(2, len(asked[c])))
+        else:  # every question the base LM answers (val / test targets are reachable ones)
+            qs = answerable[c]
+        for t, txt in qs:
+            cot = cots.make(f"e1:{e.code}:{t}:{txt}" if reach is not None else f"e1:{e.code}:{t}",
+                            lambda r, e=e: definition_cot(e, r), e.name, query=txt)
             if cot is not None:
                 per_split[s].append(Made(txt, None, passages[e.code], "reason", cot, e.name, None, "definition",
                                          negs, e.family))
-        txt = _pick(rng_for(seed, "plain1", e.code), _PLAIN_NAMES).format(n=e.name)
-        per_split[s].append(Made(txt, None, passages[e.code], "direct", None, e.name, None, "plain", negs, e.family))
+        plains = rng_for(seed, "plain1", e.code).sample(_PLAIN_NAMES, 1 if s == "train" or reach is None else 2)
+        for t in plains:
+            per_split[s].append(Made(t.format(n=e.name), None, passages[e.code], "direct", None, e.name, None,
+                                     "plain", negs, e.family))
     positives = []
     for s in SPLITS:
         n = {"train": sizes.mixed_train, "val": sizes.val, "test": sizes.mixed_test}[s]
