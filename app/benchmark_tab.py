@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from trace_core.evaluate import table_rows
 from trace_core.metrics import headline_metric
 
 from .services import Services
@@ -29,24 +30,13 @@ PAPER_ROUTING = (
 
 
 def run_table(results: dict) -> pd.DataFrame:
-    """One row per pair of a results.json run (as written by trace_core.evaluate)."""
-    rows = []
-    for pair, m in sorted(results["pairs"].items()):
-        head = headline_metric(pair)
-        rows.append({
-            "pair": pair, "metric": head.replace("recall@", "R@"), "score": round(100 * m[head], 1),
-            "R@1": round(100 * m["recall@1"], 1), "R@5": round(100 * m["recall@5"], 1),
-            "R@10": round(100 * m["recall@10"], 1), "reason rate": round(m["reason_rate"], 2),
-            "mean CoT tokens": round(m["mean_cot_tokens"], 1), "queries/s": round(m["queries_per_s"], 2),
-            "n": m["n_queries"],
-        })
-    a = results["average"]
-    rows.append({"pair": "average", "metric": "headline", "score": round(100 * a["headline"], 1),
-                 "R@1": round(100 * a["recall@1"], 1), "R@5": round(100 * a["recall@5"], 1),
-                 "R@10": round(100 * a["recall@10"], 1), "reason rate": round(a["reason_rate"], 2),
-                 "mean CoT tokens": round(a["mean_cot_tokens"], 1), "queries/s": round(a["queries_per_s"], 2),
-                 "n": a["n_queries"]})
-    return pd.DataFrame(rows)
+    """One row per pair of a results.json run, by pair name, then the average (`evaluate.table_rows`, the
+    table the evaluation CLI prints), rounded for the page."""
+    rows = table_rows(results)
+    table = pd.DataFrame(sorted(rows[:-1], key=lambda r: r["pair"]) + rows[-1:])
+    table["metric"] = table["metric"].str.replace("recall@", "R@")
+    return table.round({"score": 1, "R@1": 1, "R@5": 1, "R@10": 1, "reason rate": 2, "mean CoT tokens": 1,
+                        "queries/s": 2})
 
 
 def comparison_table(report: dict) -> pd.DataFrame:

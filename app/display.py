@@ -21,13 +21,15 @@ NAME_CHARS = 90  # a candidate's name in a caption or a table cell is cut after 
 QUERY_IMAGE = {"image_mode": None, "format": "png"}
 
 
-def candidate_name(text: str | None, image: str | None, limit: int | None = NAME_CHARS) -> str:
-    """What a candidate is, for a caption or a table cell: its text, else "image · <file name>"."""
+def candidate_name(text: str | None, image: str | None, limit: int | None = NAME_CHARS,
+                   shows: str | None = None) -> str:
+    """What a candidate is, for a caption or a table cell: its text, else "image · <what it shows>" when the
+    data names the image (`shows`, see `services.image_names`), else "image · <file name>"."""
     text = " ".join((text or "").split())
+    if not text and image:
+        text = "image · " + (" ".join((shows or "").split()) or os.path.basename(image))
     if text:
         return text if limit is None or len(text) <= limit else text[: limit - 1].rstrip() + "…"
-    if image:
-        return f"image · {os.path.basename(image)}"
     return "(no text, no image)"
 
 

@@ -45,6 +45,7 @@ class CandidateView:
     score: float | None = None  # on the route taken, when known
     gold: bool = False
     note: str = ""
+    shows: str | None = None  # what its image shows, when the data names it (`services.image_names`)
 
 
 @dataclass
@@ -136,7 +137,8 @@ def candidate_view(services: Services, pair: str, did: str, role: str, rank: int
                                   "retrieved or shown here.")
     notes: list[str] = []
     image = _image(services, c.image_path, f"candidate `{did}`", notes)
-    return CandidateView(did, role, True, c.text, image, rank, score, gold, " ".join(notes))
+    return CandidateView(did, role, True, c.text, image, rank, score, gold, " ".join(notes),
+                         task.shows.get(c.image_path or ""))
 
 
 def _known(x: float | None) -> bool:
@@ -261,7 +263,7 @@ def candidate_markdown(c: CandidateView | None) -> str:
     if c.text:
         lines.append(f"> {_esc(c.text)}")
     elif c.found and c.image:
-        lines.append(f"> {_esc(candidate_name(None, c.image))} (an image without text)")
+        lines.append(f"> {_esc(candidate_name(None, c.image, shows=c.shows))} (an image without text)")
     elif c.found and not c.note:
         lines.append("(no text)")
     if c.note:

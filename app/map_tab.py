@@ -20,7 +20,7 @@ from gradio.utils import get_upload_folder
 from trace_core.records import REASONING_MODES, InputError
 
 from . import usecases
-from .display import QUERY_IMAGE, STOP_NOTES, candidate_name, cap_warning
+from .display import QUERY_IMAGE, STOP_NOTES, cap_warning
 from .services import Services
 from .usecases import UserError, open_api_image
 
@@ -162,8 +162,7 @@ def pick(services: Services, value: dict | None) -> tuple[dict, str, str | None]
     image = _image_md(services, row["image"])
     if row["kind"] == "candidate":
         owners = [t for t in services.tasks.values() if t.has_candidate(row["id"])]
-        c = owners[0].candidate(row["id"]) if owners else None
-        name = candidate_name(c.text, c.image_path, None) if c else str(row["label"])
+        name = owners[0].name_of(row["id"], None) if owners else str(row["label"])
         desc = (f"**Candidate `{row['id']}`** ({row['modality']}), in the pool of "
                 f"{', '.join(t.name for t in owners)}:\n\n> {html.escape(name)}")
         return ({"focus": {**_xy(services, int(point)), "label": f"candidate {row['id']}: {name[:60]}"}}, desc,

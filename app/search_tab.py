@@ -218,7 +218,7 @@ def build_search_tab(services: Services) -> None:
     last_hits = gr.State([])
     outputs = [badge, cot, stats, gold, gallery, table, comparison, off_gallery, export, last_hits, notice]
     skip_all = tuple(gr.skip() for _ in outputs)
-    names = {name: {c.did: candidate_name(c.text, c.image_path, 200) for c in t.pool} for name, t in tasks.items()}
+    names = {name: {c.did: t.name_of(c.did, 200) for c in t.pool} for name, t in tasks.items()}
 
     def failed(exc: Exception) -> tuple:
         gr.Warning(str(exc))
@@ -330,7 +330,7 @@ def build_search_tab(services: Services) -> None:
         t = tasks[hq.task]
         img = Image.open(hq.image) if hq.image else None
         instr = instruction_text if hq.task == task_name else t.instructions[0]
-        what = candidate_name(hit.get("text"), hit.get("image"), 80)
+        what = candidate_name(hit.get("text"), hit.get("image"), 80, hit.get("shows"))
         moved = f" on {t.label}, a task that takes it" if hq.task != task_name else ""
         note = (f"<div class='query-info'>Searching with result #{hit.get('rank')} ({html.escape(what)}) as the "
                 f"query{html.escape(moved)}.</div>")

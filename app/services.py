@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from trace_core.mbeir import (
     resolve_image,
 )
 
-from .display import candidate_name
+from .display import NAME_CHARS, candidate_name
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Task:
     queries: list[MBEIRQuery] = field(default_factory=list)  # benchmark queries (test split)
     positives: dict[str, set[str]] = field(default_factory=dict)  # qid -> gold dids
     labels: dict[str, str] = field(default_factory=dict)  # qid -> labelled route ("direct" / "reason")
+    shows: dict[str, str] = field(default_factory=dict)  # image path -> what it shows (`image_names`)
 
     @property
     def label(self) -> str:
@@ -80,6 +82,12 @@ class Task:
 
     def has_candidate(self, did: str) -> bool:
         return did in self._by_id
+
+    def name_of(self, did: str, limit: int | None = NAME_CHARS) -> str:
+        """What candidate `did` is, for a caption, a label or a table cell (`display.candidate_name`): its
+        text, else what its image shows, else its image's file name."""
+        c = self._by_id[did]
+        return candidate_name(c.text, c.image_path, limit, self.shows.get(c.image_path or ""))
 
     def __post_init__(self) -> None:
         self._by_id = {c.did: c for c in self.pool}
@@ -142,6 +150,9 @@ class Services:
             )
         if not tasks:
             raise ValueError("no usable (dataset, task) pair in " + str(root) + ": " + "; ".join(notes))
+        shows = image_names(tasks.values())
+        for t in tasks.values():
+            t.shows = shows
         results = None
         if benchmark is not None and Path(benchmark).is_file():
             results = json.loads(Path(benchmark).read_text())
@@ -161,21 +172,44 @@ class Services:
         return services
 
 
+def image_names(tasks: Iterable[Task]) -> dict[str, str]:
+    """Image path -> what it shows, in words, from the data itself, so that an image-only candidate is called
+    by name and not by file name: the name its src_content gives (TRACE-mini's corpus writes one), else the
+    text of a candidate that pairs the image with text, else the text gold of a query that is the image alone
+    (an image -> name task). Images none of these name keep their file name."""
+    given: dict[str, str] = {}
+    paired: dict[str, str] = {}
+    for t in tasks:
+        for c in t.pool:
+            if c.image_path and c.shown_name:
+                given.setdefault(c.image_path, c.shown_name)
+            elif c.image_path and c.text:
+                paired.setdefault(c.image_path, c.text)
+        for q in t.queries:
+            if q.image_path and not q.text:
+                for did in sorted(t.positives.get(q.qid, ())):
+                    c = t._by_id.get(did)
+                    if c is not None and c.text and not c.image_path:
+                        paired.setdefault(q.image_path, c.text)
+    return {**paired, **given}
+
+
 def _pool_points(tasks: dict[str, Task]) -> list[PoolPoints]:
     return [PoolPoints(t.name, t.index.ids, t.index.embeddings, [c.modality for c in t.pool],
-                       [candidate_name(c.text, c.image_path) for c in t.pool], [c.image_path for c in t.pool])
+                       [t.name_of(c.did) for c in t.pool], [c.image_path for c in t.pool])
             for t in tasks.values()]
 
 
 def _name_candidates(emap: EmbeddingMap, tasks: dict[str, Task]) -> None:
-    """Every point's label says what it is (its text, or "image · <file>"), also on a map cached before
-    points were named that way (the labels are not part of the map's fingerprint)."""
-    names = {c.did: candidate_name(c.text, c.image_path) for t in tasks.values() for c in t.pool}
+    """Every point's label says what it is (its text, or "image · <what it shows>"), also on a map cached
+    before points were named that way (the labels are not part of the map's fingerprint)."""
+    names = {c.did: t.name_of(c.did) for t in tasks.values() for c in t.pool}
     points = emap.points
     rows = points["kind"] == "candidate"
     points.loc[rows, "label"] = points.loc[rows, "id"].map(names).fillna(points.loc[rows, "label"])
     unnamed = (points["kind"] != "candidate") & (points["label"] == "(image query)")
-    points.loc[unnamed, "label"] = [candidate_name(None, i if isinstance(i, str) else None)
+    shows = next(iter(tasks.values())).shows if tasks else {}
+    points.loc[unnamed, "label"] = [candidate_name(None, i if isinstance(i, str) else None, shows=shows.get(i))
                                     for i in points.loc[unnamed, "image"]]
 
 
@@ -208,7 +242,8 @@ def _query_points(tasks: dict[str, Task], table: pd.DataFrame, folder: Path, not
                 continue
         out.append(QueryPoints(
             pair, list(rows["qid"]), direct[take], final[take], list(rows["query_modality"]), list(rows["route"]),
-            [t if isinstance(t, str) and t else candidate_name(None, i if isinstance(i, str) else None)
+            [t if isinstance(t, str) and t else
+             candidate_name(None, i if isinstance(i, str) else None, shows=tasks[pair].shows.get(i))
              for t, i in zip(rows["query_txt"], rows["query_img_path"], strict=True)],
             [i if isinstance(i, str) and i else None for i in rows["query_img_path"]],
             list(rows["gold_rank_direct"] <= k), list(rows["gold_rank"] <= k)))

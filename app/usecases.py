@@ -64,16 +64,17 @@ class Hit:
     image: str | None  # absolute path of the candidate's image (for the UI; never sent to an API client)
     gold: bool
     image_rel: str | None = None  # the same image's path relative to the data root (what the API returns)
+    shows: str | None = None  # what its image shows, when the data names it (`services.image_names`)
 
     @property
     def name(self) -> str:
-        """What the candidate is: its whole text, else "image · <file name>"."""
-        return candidate_name(self.text, self.image_rel or self.image, None)
+        """What the candidate is: its whole text, else "image · <what it shows>" or "image · <file name>"."""
+        return candidate_name(self.text, self.image_rel or self.image, None, self.shows)
 
     @property
     def caption(self) -> str:
         """Its name, cut to a caption's length."""
-        return candidate_name(self.text, self.image_rel or self.image)
+        return candidate_name(self.text, self.image_rel or self.image, shows=self.shows)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str |
     for n, (did, score) in enumerate(zip(ids[0], scores[0], strict=True), start=1):
         c = task.candidate(did)
         hits.append(Hit(n, did, float(score), c.text, services.image_path(c.image_path), did in gold_ids,
-                        c.image_path or None))
+                        c.image_path or None, task.shows.get(c.image_path or "")))
     [gold] = task.index.positive_ranks(result.embedding[None], [gold_ids])  # every gold's exact rank, best first
     return SearchResult(result, hits, gold, task.name)
 

@@ -21,7 +21,7 @@ from trace_core.encoder import TraceEncoder
 from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough
 from trace_core.records import REASONING_MODES, CotDelta
 
-from .display import QUERY_IMAGE, candidate_name, example_samples
+from .display import QUERY_IMAGE, example_samples
 from .services import Services, Task
 from .usecases import (
     Explained,
@@ -336,8 +336,7 @@ def ranking_markdown(task: Task, res: SearchResult, k: int) -> str:
                      f"{res.hits[0].score:.3f}.")
     if res.gold:
         d, g, s = res.gold[0]
-        c = task.candidate(d) if task.has_candidate(d) else None
-        name = f"*{html.escape(candidate_name(c.text, c.image_path))}* " if c else ""
+        name = f"*{html.escape(task.name_of(d))}* " if task.has_candidate(d) else ""
         where = "in the top-k (✓ in the table)" if g <= k else f"outside the top-{k}"
         lines.append(f"This is benchmark query `{r.qid}`: its correct answer {name}(`{d}`) is at rank **{g}** "
                      f"({where}), score {s:.3f}.")

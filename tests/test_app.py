@@ -387,3 +387,28 @@ def test_a_query_image_goes_through_the_image_box_unchanged(services, tmp_path):
         back = box.preprocess(box.postprocess(rgba))  # what the handler gets after the box showed the image
         assert np.array_equal(np.asarray(load_image(back)), np.asarray(load_image(rgba)))
         assert np.asarray(load_image(back))[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+
+
+def test_an_image_candidate_is_called_by_what_the_data_says_it_shows():
+    """`image_names`: the name a candidate's src_content gives wins, then a candidate pairing the image with
+    text, then the text gold of an image-only query; an image nothing names keeps its file name."""
+    from app.services import Task, image_names
+    from trace_core.mbeir import MBEIRCandidate, MBEIRQuery
+
+    def cand(did, text, image, src=None):
+        modality = "image,text" if text and image else ("image" if image else "text")
+        return MBEIRCandidate(did, text, image, modality, src)
+
+    pool = [cand("1:0", None, "im/fox.png", json.dumps({"name": "fox face"})),
+            cand("1:1", None, "im/bat.png"), cand("1:2", "bat", "im/bat.png"),
+            cand("1:3", None, "im/cat.png"), cand("1:4", "cat", None),
+            cand("1:5", None, "im/odd.png", "{not json"), cand("1:6", "a fox", "im/fox.png")]
+    query = MBEIRQuery("1:9", None, "im/cat.png", "image", 3, ("1:4",), (), None)
+    task = Task("t", "T", "image", "image", ("",), pool, None, [query], {"1:9": {"1:4"}})
+    task.shows = image_names([task])
+    assert task.name_of("1:0") == "image · fox face"  # src_content, before the pairing with "a fox"
+    assert task.name_of("1:1") == "image · bat"
+    assert task.name_of("1:3") == "image · cat"
+    assert task.name_of("1:5") == "image · odd.png"  # unreadable src_content: the file name
+    assert task.name_of("1:2") == "bat" and task.name_of("1:4") == "cat"  # text says it already
+    assert task.name_of("1:0", limit=10) == "image · f…"

@@ -104,6 +104,18 @@ class MBEIRCandidate:
         """M-BEIR dataset id, the integer before ':' in the did."""
         return int(self.did.split(":", 1)[0])
 
+    @property
+    def shown_name(self) -> str | None:
+        """What the candidate shows, when its src_content names it: a JSON object with a "name" string, as
+        TRACE-mini's corpus writes for every image-only candidate. None otherwise (M-BEIR's own src_content
+        is opaque)."""
+        try:
+            meta = json.loads(self.src_content) if self.src_content else None
+        except ValueError:
+            return None
+        name = meta.get("name") if isinstance(meta, dict) else None
+        return name.strip() or None if isinstance(name, str) else None
+
     def to_record(self) -> dict[str, Any]:
         """The candidate as a release-format JSON object; index fingerprints hash exactly this."""
         return {
