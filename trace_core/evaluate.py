@@ -206,23 +206,30 @@ def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
         np.savez(fh, **arrays)
 
 
+def table_rows(results: dict) -> list[dict]:
+    """The per-pair table of a results.json run, then its average: one dict per row, recalls in percent, with
+    the paper's headline metric (R@5; R@10 for Fashion200K and FashionIQ). `format_table` prints it; the app's
+    benchmark tab shows it."""
+
+    def row(pair: str, metric: str, m: dict, score: float) -> dict:
+        return {"pair": pair, "metric": metric, "score": 100 * score, "R@1": 100 * m["recall@1"],
+                "R@5": 100 * m["recall@5"], "R@10": 100 * m["recall@10"], "reason rate": m["reason_rate"],
+                "mean CoT tokens": m["mean_cot_tokens"], "queries/s": m["queries_per_s"], "n": m["n_queries"]}
+
+    rows = [row(name, headline_metric(name), m, m[headline_metric(name)]) for name, m in results["pairs"].items()]
+    a = results["average"]
+    return [*rows, row("average", "headline", a, a["headline"])]
+
+
 def format_table(results: dict) -> str:
-    """The per-pair table with the paper's headline metric (R@5; R@10 for Fashion200K and FashionIQ)."""
+    """`table_rows` as the text table the CLI prints."""
     lines = [f"{'pair':<28} {'metric':>10} {'score':>7} {'R@1':>6} {'R@5':>6} {'R@10':>6} "
              f"{'reason':>7} {'cot tok':>8} {'q/s':>7} {'n':>6}"]
-    for name, m in results["pairs"].items():
-        head = headline_metric(name)
+    for r in table_rows(results):
         lines.append(
-            f"{name:<28} {head:>10} {100 * m[head]:7.2f} {100 * m['recall@1']:6.2f} {100 * m['recall@5']:6.2f} "
-            f"{100 * m['recall@10']:6.2f} {m['reason_rate']:7.2f} {m['mean_cot_tokens']:8.1f} "
-            f"{m['queries_per_s']:7.2f} {m['n_queries']:6d}"
+            f"{r['pair']:<28} {r['metric']:>10} {r['score']:7.2f} {r['R@1']:6.2f} {r['R@5']:6.2f} {r['R@10']:6.2f} "
+            f"{r['reason rate']:7.2f} {r['mean CoT tokens']:8.1f} {r['queries/s']:7.2f} {r['n']:6d}"
         )
-    a = results["average"]
-    lines.append(
-        f"{'average':<28} {'headline':>10} {100 * a['headline']:7.2f} {100 * a['recall@1']:6.2f} "
-        f"{100 * a['recall@5']:6.2f} {100 * a['recall@10']:6.2f} {a['reason_rate']:7.2f} "
-        f"{a['mean_cot_tokens']:8.1f} {a['queries_per_s']:7.2f} {a['n_queries']:6d}"
-    )
     return "\n".join(lines)
 
 
