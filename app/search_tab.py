@@ -40,6 +40,7 @@ from .usecases import (
     open_api_image,
     query_from_hit,
     search,
+    search_with_cot,
     stream_search,
 )
 
@@ -54,9 +55,12 @@ def api_image(services: Services, image) -> Image.Image | None:
 
 
 def search_api(services: Services, query_text, query_image, task_name, reasoning="auto", top_k=10,
-               no_repeat_ngram=0) -> dict:
-    """What the `search` endpoint returns (JSON with the model fingerprint)."""
+               no_repeat_ngram=0, cot: str | None = None) -> dict:
+    """What the `search` endpoint returns (JSON with the model fingerprint). With `cot` (a string, "" for
+    none), the query is embedded after that chain of thought instead of one the model writes."""
     img = api_image(services, query_image)
+    if cot is not None:
+        return search_with_cot(services, task_name, query_text, img, None, cot, top_k).to_json(services.fingerprint)
     return search(services, task_name, query_text, img, None, reasoning, top_k,
                   no_repeat_ngram=no_repeat_ngram).to_json(services.fingerprint)
 
@@ -366,11 +370,14 @@ def build_search_tab(services: Services) -> None:
 
     # ---- the API
     def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
-                   top_k: float = 10, no_repeat_ngram: float = 0) -> dict:
+                   top_k: float = 10, no_repeat_ngram: float = 0, cot: str | None = None) -> dict:
         """Search: route, chain of thought and ranked hits for a text and/or image query. no_repeat_ngram: the
-        repetition guard (0, the default: plain greedy decoding, as in the benchmark; 1-8: no n-gram twice)."""
+        repetition guard (0, the default: plain greedy decoding, as in the benchmark; 1-8: no n-gram twice).
+        cot: a chain of thought to embed the query after, instead of the model's own ("" embeds at once;
+        reasoning and no_repeat_ngram are then unused)."""
         try:
-            return search_api(services, query_text, query_image, task_name, reasoning, top_k, no_repeat_ngram)
+            return search_api(services, query_text, query_image, task_name, reasoning, top_k, no_repeat_ngram,
+                              cot)
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
 

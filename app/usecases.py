@@ -34,6 +34,7 @@ from .display import candidate_name
 from .services import Services, Task, gpu
 
 MAX_QUERY_CHARS = 2000
+MAX_COT_CHARS = 2000  # a chain of thought written by hand (`search_with_cot`)
 
 
 class UserError(ValueError):
@@ -165,6 +166,29 @@ def search(services: Services, task_name: str, text, image, instruction, mode: s
            qid: str | None = None, no_repeat_ngram: int = 0) -> SearchResult:
     *_, last = stream_search(services, task_name, text, image, instruction, mode, k, qid, no_repeat_ngram)
     return last
+
+
+@gpu
+def search_with_cot(services: Services, task_name: str, text, image, instruction, cot: str, k: int,
+                    qid: str | None = None) -> SearchResult:
+    """The query embedded after a chain of thought given by hand instead of one the model writes (teacher
+    forcing, `TraceEncoder.encode_with_cot`): does the content of the thought matter, or only its presence?
+    An empty chain embeds at once, as the direct route does."""
+    if not isinstance(cot, str):
+        raise UserError("The chain of thought must be a string.")
+    if len(cot) > MAX_COT_CHARS:
+        raise UserError(f"The chain of thought is too long (over {MAX_COT_CHARS:,} characters).")
+    encode = getattr(services.encoder, "encode_with_cot", None)
+    if encode is None:
+        raise UserError("This model never reasons, so it cannot embed a query after a chain of thought.")
+    task, query = make_query(services, task_name, text, image, instruction, qid)
+    k = top_k(k, task)
+    with services.model_lock:
+        try:
+            [result] = encode([query], [cot.strip()])
+        except InputError as exc:
+            raise UserError(str(exc)) from exc
+    return rank(services, task, result, k, qid)
 
 
 # ------------------------------------------------------------------------------------------ first visit

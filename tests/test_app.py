@@ -118,6 +118,14 @@ def test_launched_app_serves_the_search_api(services):
             client.predict("a dog", None, "mscoco_task0", "always", 2, 12, api_name="/search")
         with pytest.raises(Exception, match="empty"):
             client.predict("", None, "mscoco_task0", "auto", 4, api_name="/search")
+        # a chain of thought given by hand: the query is embedded after it ("" embeds at once)
+        out = client.predict("a dog on a sofa", None, "mscoco_task0", "auto", 4, 0, "", api_name="/search")
+        data = out if isinstance(out, dict) else json.loads(out)
+        assert data["route"] == "direct" and data["cot"] == ""
+        out = client.predict("a dog on a sofa", None, "mscoco_task0", "auto", 4, 0, "It is a dog.",
+                             api_name="/search")
+        data = out if isinstance(out, dict) else json.loads(out)
+        assert data["route"] == "reason" and data["cot"] == "It is a dog."
     finally:
         demo.close()
 
@@ -412,3 +420,29 @@ def test_an_image_candidate_is_called_by_what_the_data_says_it_shows():
     assert task.name_of("1:5") == "image · odd.png"  # unreadable src_content: the file name
     assert task.name_of("1:2") == "bat" and task.name_of("1:4") == "cat"  # text says it already
     assert task.name_of("1:0", limit=10) == "image · f…"
+
+
+def test_a_chain_of_thought_given_by_hand_is_what_the_query_is_embedded_after(services):
+    """search_with_cot embeds the query after the given chain (teacher forcing; that the model's own chain
+    gives back its own embedding is tested on the encoder, test_report_v2): an empty chain is the direct
+    route, a written one moves the embedding, and the ranking is that embedding's."""
+    from app.usecases import search_with_cot
+    from trace_core.records import Query
+
+    task = services.tasks["mscoco_task0"]
+    direct = search(services, "mscoco_task0", "a dog on a sofa", None, None, "never", 5)
+    blank = search_with_cot(services, "mscoco_task0", "a dog on a sofa", None, None, "  ", 5)
+    assert blank.result.route == "direct" and float(blank.result.embedding @ direct.result.embedding) > 0.9999
+    cot = "It shows a dog lying on a sofa."
+    given = search_with_cot(services, "mscoco_task0", "a dog on a sofa", None, None, cot, 5)
+    query = Query(text="a dog on a sofa", instruction=task.instructions[0])
+    [expected] = services.encoder.encode_with_cot([query], [cot])
+    assert given.result.route == "reason" and given.result.cot == cot
+    assert float(given.result.embedding @ expected.embedding) > 0.9999
+    assert float(given.result.embedding @ direct.result.embedding) < 0.9999
+    _, ids = task.index.search(given.result.embedding, 5)
+    assert [h.did for h in given.hits] == list(ids[0])
+    with pytest.raises(UserError, match="too long"):
+        search_with_cot(services, "mscoco_task0", "a dog", None, None, "x" * 5000, 5)
+    with pytest.raises(UserError, match="empty"):
+        search_with_cot(services, "mscoco_task0", "", None, None, "a dog", 5)

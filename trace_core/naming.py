@@ -15,8 +15,17 @@ train split are used, so a held-out target's picture is never seen.
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_file
 from .examples import Example
 from .records import Candidate, Query
+
+log = logging.getLogger(__name__)
 
 NAMING_PAIR = "naming"
 NAMING_INSTRUCTION = "Say what the image shows."
@@ -58,3 +67,28 @@ def naming_examples(examples: dict[str, list[Example]]) -> list[Example]:
             instructions=(NAMING_INSTRUCTION,),
         ))
     return out
+
+
+def fit_name_head(model, style, examples: dict[str, list[Example]], out: Path, **fit) -> float:
+    """The name-head stage (`python -m trace_core.train --stage names`): fit TRACE-mini's name head alone on
+    every named training image (its features precomputed in `model`), log it to OUT/names_log.jsonl and export
+    the model to OUT/model. `fit`: steps, batch_size, lr, seed of `NameHead.fit`. Returns the share of images
+    whose name it spells back exactly."""
+    if not getattr(getattr(model, "config", None), "name_slots", 0):
+        raise ValueError("--stage names needs a TRACE-mini model with a name head (name_slots > 0)")
+    named = image_names(examples)
+    paths = sorted(named)
+    features = torch.stack([model.feature_cache(p) for p in paths])
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+
+    def log_step(step: int, loss: float) -> None:
+        lines.append(json.dumps({"step": step, "loss": round(loss, 4)}))
+        log.info("name head step %d: loss %.4f", step, loss)
+
+    exact = model.fit_name_head(features, [named[p] for p in paths], log=log_step, **fit)
+    lines.append(json.dumps({"images": len(paths), "spelt_exactly": round(exact, 4)}))
+    atomic_file(out / "names_log.jsonl", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    model.export(out / "model", style)
+    print(f"name head: {exact:.3f} of {len(paths)} training images spelt exactly")
+    return exact

@@ -66,7 +66,7 @@ from .backbones.base import Backbone, RenderedPrompt
 from .batching import GroupSampler, not_negatives
 from .encoder import EncoderConfig, TraceEncoder
 from .examples import Example, load_examples
-from .naming import NAMING_PAIR, image_names, naming_examples
+from .naming import NAMING_PAIR, fit_name_head, image_names, naming_examples
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
 from .records import Candidate, Query, load_image
 
@@ -446,35 +446,6 @@ def precompute_features(model, examples: dict[str, list[Example]], store: str | 
         model.save_feature_store(store)
 
 
-def fit_names(args, cfg: TrainConfig, examples: dict[str, list[Example]]) -> int:
-    """The name-head stage: fit TRACE-mini's name head on every named training image, export the model."""
-    named = image_names(examples)
-    if not named:
-        raise ValueError(f"no named training images under {args.data}")
-    model, style = build_model(args.base, args.init)
-    if not getattr(getattr(model, "config", None), "name_slots", 0):
-        raise ValueError("--stage names needs a TRACE-mini model with a name head (name_slots > 0)")
-    precompute_features(model, {NAMING_PAIR: naming_examples(examples)}, args.feature_store)
-    paths = sorted(named)
-    features = torch.stack([model.feature_cache(p) for p in paths])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-
-    def log_step(step: int, loss: float) -> None:
-        lines.append(json.dumps({"step": step, "loss": round(loss, 4)}))
-        log.info("name head step %d: loss %.4f", step, loss)
-
-    exact = model.fit_name_head(features, [named[p] for p in paths], steps=cfg.steps, batch_size=cfg.batch_size,
-                                lr=cfg.lr, seed=cfg.seed, log=log_step)
-    lines.append(json.dumps({"images": len(paths), "spelt_exactly": round(exact, 4)}))
-    atomic_file(out / "names_log.jsonl", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    model.export(out / "model", style)
-    print(f"name head: {exact:.3f} of {len(paths)} training images spelt exactly")
-    print(f"wrote {out / 'model'}")
-    return 0
-
-
 def _boolean(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
@@ -512,7 +483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         examples = load_examples(Path(args.data), "train", args.pairs)
         if args.stage == "names":
-            return fit_names(args, cfg, examples)
+            if not image_names(examples):
+                raise ValueError(f"no named training images under {args.data}")
+            model, style = build_model(args.base, args.init)
+            precompute_features(model, {NAMING_PAIR: naming_examples(examples)}, args.feature_store)
+            fit_name_head(model, style, examples, Path(args.out), steps=cfg.steps, batch_size=cfg.batch_size,
+                          lr=cfg.lr, seed=cfg.seed)
+            print(f"wrote {Path(args.out) / 'model'}")
+            return 0
         if args.stage == "naming" or args.naming:
             named = naming_examples(examples)
             if not named:
