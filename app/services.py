@@ -187,9 +187,9 @@ def image_names(tasks: Iterable[Task]) -> dict[str, str]:
                 paired.setdefault(c.image_path, c.text)
         for q in t.queries:
             if q.image_path and not q.text:
-                for did in sorted(t.positives.get(q.qid, ())):
-                    c = t._by_id.get(did)
-                    if c is not None and c.text and not c.image_path:
+                for did in sorted(d for d in t.positives.get(q.qid, ()) if t.has_candidate(d)):
+                    c = t.candidate(did)
+                    if c.text and not c.image_path:
                         paired.setdefault(q.image_path, c.text)
     return {**paired, **given}
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import atomic_file
 from .evidence import contains_name
 
 logger = logging.getLogger(__name__)
@@ -78,13 +77,9 @@ class BaseLMReach:
         return {q: known[q].strip() for q in questions}
 
     def _save(self, known: dict[str, str]) -> None:
-        if self.cache is None:
-            return
-        self.cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(known, f, indent=0, sort_keys=True)
-        os.replace(tmp, self.cache)
+        if self.cache is not None:
+            text = json.dumps(known, indent=0, sort_keys=True)
+            atomic_file(self.cache, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def __call__(self, questions: Sequence[str], targets: Sequence[str]) -> list[bool]:
         said = self.answers(questions)
