@@ -104,7 +104,7 @@ def wordnet_entries() -> dict[str, list[tuple[int, str, str | None]]]:
             senses[name] = [(LEX_FOOD, _gloss(i, "dish"), None)]
         else:
             senses[name] = [(LEX_FOOD, _gloss(i, "edible fruit"), "edible fruit")]
-    # Edge cases of definition_sense: a first sense that names its lemma, one in a lexicographer file that
+    # Edge cases of definition_senses: a first sense that names its lemma, one in a lexicographer file that
     # does not fit the category, and an example sentence (after ';') that names the lemma.
     senses["lemon"].insert(0, (LEX_PLANT, "yellow oval lemon fruit of a small evergreen tree", "edible fruit"))
     senses["mango"].insert(0, (LEX_PERSON, "a slang word for a person of no importance", None))
@@ -782,26 +782,30 @@ def test_definition_sense(tmp_path: Path) -> None:
                              added_in="1.0", image=Path("x.png"), tones=(), family="1F000", stem=name,
                              gender=None)
 
-    banana = me.definition_sense(wn, plain("banana"))
+    def first_sense(e: sources.Emoji):
+        senses = me.definition_senses(wn, e, most=1)
+        return senses[0] if senses else None
+
+    banana = first_sense(plain("banana"))
     assert banana is not None and banana.hypernym == "edible fruit" and "banana" not in banana.gloss
-    lemon = me.definition_sense(wn, plain("lemon"))  # first sense names the lemon: skipped
+    lemon = first_sense(plain("lemon"))  # first sense names the lemon: skipped
     assert lemon is not None and "lemon" not in lemon.gloss and lemon.lexfile == "food"
-    mango = me.definition_sense(wn, plain("mango"))  # first sense is a person: wrong lexicographer file
+    mango = first_sense(plain("mango"))  # first sense is a person: wrong lexicographer file
     assert mango is not None and mango.lexfile == "food"
-    bagel = me.definition_sense(wn, plain("bagel"))  # the example after ';' is dropped, so it may name it
+    bagel = first_sense(plain("bagel"))  # the example after ';' is dropped, so it may name it
     assert bagel is not None and bagel.gloss == "glazed yeast-raised doughnut-shaped roll with hard crust"
     assert bagel.hypernym == "bread"
-    hot_dog = me.definition_sense(wn, plain("hot dog"))  # multi-word lemma: hot_dog
+    hot_dog = first_sense(plain("hot dog"))  # multi-word lemma: hot_dog
     assert hot_dog is not None and hot_dog.lemma == "hot dog"
-    cherry = me.definition_sense(wn, plain("cherry"))  # first sense says "cherries": skipped
+    cherry = first_sense(plain("cherry"))  # first sense says "cherries": skipped
     assert cherry is not None and "cherries" not in cherry.gloss
-    t_shirt = me.definition_sense(wn, plain("t-shirt", "Objects"))  # "shirt" in the first sense: skipped
+    t_shirt = first_sense(plain("t-shirt", "Objects"))  # "shirt" in the first sense: skipped
     assert t_shirt is not None and t_shirt.gloss.startswith("a collarless") and t_shirt.hypernym == "garment"
-    cookie = me.definition_sense(wn, plain("fortune cookie"))  # the hypernym "cookie" names it: dropped
+    cookie = first_sense(plain("fortune cookie"))  # the hypernym "cookie" names it: dropped
     assert cookie is not None and cookie.gloss.startswith("thin folded") and cookie.hypernym is None
-    assert me.definition_sense(wn, plain(NO_WORDNET)) is None
-    assert me.definition_sense(wn, plain("hammer", "Flags")) is None  # no sense files for the category
-    assert me.definition_sense(wn, plain("hammer", "People & Body")) is None  # artifact does not fit people
+    assert first_sense(plain(NO_WORDNET)) is None
+    assert first_sense(plain("hammer", "Flags")) is None  # no sense files for the category
+    assert first_sense(plain("hammer", "People & Body")) is None  # artifact does not fit people
 
 
 def test_v2_cots_pass_filters() -> None:

@@ -423,7 +423,7 @@ def build_model(base: str, init: str | None = None):
             changed = sorted(k for k, t in state.items() if k in own and own[k].shape != t.shape)
             if changed:
                 log.warning("--init %s: %d tensors of another shape start afresh: %s", init, len(changed),
-                               ", ".join(changed))
+                            ", ".join(changed))
             model.load_state_dict({k: t for k, t in state.items() if k not in changed}, strict=False)
         # Teacher CoTs are at most ~90 tokens; a cap a little above keeps a looping model from running long.
         return model, dataclasses.replace(TRACE_STYLE, max_cot_tokens=128)

@@ -175,11 +175,6 @@ def definition_senses(wordnet: WordNet, e: src.Emoji, most: int = 3) -> list:
     return out[:most]
 
 
-def definition_sense(wordnet: WordNet, e: src.Emoji):
-    """The first sense `definition_senses` keeps, or None."""
-    senses = definition_senses(wordnet, e, most=1)
-    return senses[0] if senses else None
-
 
 def definition_cot(e: src.Emoji, rng: random.Random) -> teacher.TeacherOutput:
     """Short definition CoT: what the description is, then the target. One step, resolved by the LM's own
