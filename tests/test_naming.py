@@ -80,28 +80,29 @@ def test_the_naming_stage_trains_the_image_tokens_on_the_cot_loss_alone(lm_dir, 
 def test_feature_store_roundtrip_and_staleness(lm_dir, tmp_path):
     paths = [_png(tmp_path / f"{i}.png", c) for i, c in enumerate(["red", "blue"])]
     model = _mini(lm_dir)
-    assert model.precompute_features(paths, progress=False) == 2
-    assert model.precompute_features(paths, progress=False) == 0  # already cached
+    assert model.feature_store.precompute(paths, progress=False) == 2
+    assert model.feature_store.precompute(paths, progress=False) == 0  # already cached
     store = tmp_path / "cache" / "features.pt"
-    model.save_feature_store(store)
+    model.feature_store.save(store)
     fresh = _mini(lm_dir)
-    assert fresh.load_feature_store(store) == 2
-    torch.testing.assert_close(fresh.feature_cache(paths[0]), model.feature_cache(paths[0]))
-    assert fresh.precompute_features(paths, progress=False) == 0
+    assert fresh.feature_store.load(store) == 2
+    torch.testing.assert_close(fresh.feature_store.get(paths[0]), model.feature_store.get(paths[0]))
+    assert fresh.feature_store.precompute(paths, progress=False) == 0
+    assert _mini(lm_dir).feature_store.warm(paths, store) == (2, str(store), 0)  # all from the store
     # an image rewritten since: its stored feature is stale and not taken
     _png(Path(paths[1]), "yellow")
     st = os.stat(paths[1])
     os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     third = _mini(lm_dir)
-    assert third.load_feature_store(store) == 1
-    assert third.precompute_features(paths, progress=False) == 1
-    assert not torch.allclose(third.feature_cache(paths[1]), model.feature_cache(paths[1]))
+    assert third.feature_store.load(store) == 1
+    assert third.feature_store.precompute(paths, progress=False) == 1
+    assert not torch.allclose(third.feature_store.get(paths[1]), model.feature_store.get(paths[1]))
     # features of another encoder setting are never taken
     from trace_core.backbones.mini import MiniConfig, TraceMini
 
     other = TraceMini.create(MiniConfig(lora_r=4, lora_alpha=8, image_size=64, image_grid=2), lm_dir=lm_dir)
-    assert other.load_feature_store(store) == 0
-    assert other.load_feature_store(tmp_path / "missing.pt") == 0
+    assert other.feature_store.load(store) == 0
+    assert other.feature_store.load(tmp_path / "missing.pt") == 0
 
 
 @pytest.mark.parametrize("corrupt", [b"", b"not a torch file"])
@@ -109,7 +110,7 @@ def test_a_corrupt_feature_store_is_ignored(lm_dir, tmp_path, corrupt):
     store = tmp_path / "features.pt"
     store.write_bytes(corrupt)
     with pytest.warns(UserWarning, match="ignoring the feature store"):
-        assert _mini(lm_dir).load_feature_store(store) == 0
+        assert _mini(lm_dir).feature_store.load(store) == 0
 
 
 def _named_fixture(tmp_path: Path) -> Path:

@@ -78,7 +78,7 @@ def fit_name_head(model, style, examples: dict[str, list[Example]], out: Path, *
         raise ValueError("--stage names needs a TRACE-mini model with a name head (name_slots > 0)")
     named = image_names(examples)
     paths = sorted(named)
-    features = torch.stack([model.feature_cache(p) for p in paths])
+    features = torch.stack([model.feature_store.get(p) for p in paths])
     out.mkdir(parents=True, exist_ok=True)
     lines = []
 

@@ -145,7 +145,8 @@ class Trainer:
                                            weight_decay=config.weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
-        self.features = getattr(model, "feature_cache", None)
+        store = getattr(model, "feature_store", None)  # TRACE-mini: frozen image features looked up by path
+        self.features = store.get if store is not None else None
         self.emb_id = model.emb_token_id
         self.placeholder = model.image_placeholder
         self._cursor = {p: 0 for p in examples}
@@ -414,17 +415,10 @@ def build_model(base: str, init: str | None = None):
         from .backbones.mini import MiniConfig, TraceMini
 
         model = TraceMini.create(MiniConfig())
-        if init is not None:
-            from safetensors.torch import load_file
-
-            state = load_file(Path(init) / "trace_mini.safetensors")
-            own = model.state_dict()
-            # A part whose shape changed (v2 run 3's full-width name head) starts afresh and is named.
-            changed = sorted(k for k, t in state.items() if k in own and own[k].shape != t.shape)
-            if changed:
-                log.warning("--init %s: %d tensors of another shape start afresh: %s", init, len(changed),
-                            ", ".join(changed))
-            model.load_state_dict({k: t for k, t in state.items() if k not in changed}, strict=False)
+        changed = model.init_from(init) if init is not None else []
+        if changed:  # a part whose shape changed starts afresh, and is named
+            log.warning("--init %s: %d tensors of another shape start afresh: %s", init, len(changed),
+                        ", ".join(changed))
         # Teacher CoTs are at most ~90 tokens; a cap a little above keeps a looping model from running long.
         return model, dataclasses.replace(TRACE_STYLE, max_cot_tokens=128)
     from .backbones.qwen2vl import QwenVLTrainable
@@ -436,14 +430,12 @@ def build_model(base: str, init: str | None = None):
 def precompute_features(model, examples: dict[str, list[Example]], store: str | None = None) -> None:
     """Run a frozen vision encoder (TRACE-mini) once over every training image; with `store`, features of
     earlier runs are read from that file and the file is updated."""
-    if not hasattr(model, "precompute_features"):
+    features = getattr(model, "feature_store", None)
+    if features is None:
         return
-    if store is not None:
-        log.info("image features: %d read from %s", model.load_feature_store(store), store)
     paths = [str(x.image) for exs in examples.values() for ex in exs
              for x in (ex.query, ex.positive, *ex.negatives) if x.image is not None]
-    if model.precompute_features(paths) and store is not None:
-        model.save_feature_store(store)
+    log.info("image features: %d read from %s, %d computed", *features.warm(paths, store))
 
 
 def _boolean(text: str) -> bool:

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from torch import nn
 from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
 from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
+from .feature_store import FeatureStore
 from .namer import NameHead
 from .pretrained import IMAGENET_MEAN, IMAGENET_STD, SMOLLM2, imagenet_class_names, load_lm, load_vision
 
@@ -72,6 +72,10 @@ class MiniConfig:
         # grid cells + soft word (+ colour) (+ name slots)
         return self.image_grid**2 + 1 + int(self.colour_token) + self.name_slots
 
+    def features_key(self) -> str:
+        """What cached image features depend on: the frozen encoder and how images become features."""
+        return f"{self.vision}-{self.image_size}px-grid{self.image_grid}-colour{int(self.colour_token)}-hist{HIST_BINS}"
+
     def to_dict(self) -> dict:
         return {"model_type": MODEL_TYPE, **dataclasses.asdict(self)}
 
@@ -95,7 +99,8 @@ class TraceMini(nn.Module):
     def __init__(self, config: MiniConfig, lm, tokenizer, vision: nn.Module, lm_dir: Path | None = None):
         super().__init__()
         self.lm_dir = lm_dir  # where a non-packaged base LM came from (copied into exported checkpoints)
-        self._features: dict[str, torch.Tensor] = {}
+        # frozen image features by file path, computed once (training looks them up; a path is only a key)
+        self.feature_store = FeatureStore(self.image_features, config.features_key())
         from peft import LoraConfig, inject_adapter_in_model
 
         self.config = config
@@ -179,69 +184,6 @@ class TraceMini(nn.Module):
             _make_readable(tmp)
         return directory
 
-    def precompute_features(self, paths: list[str], batch_size: int = 64, progress: bool = True) -> int:
-        """Run the frozen image encoder once over every training image; later steps only look them up.
-        Returns how many images were new."""
-        todo = sorted({p for p in paths if p not in self._features})
-        bar = None
-        if progress and todo:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(todo), unit="img", desc="image features")
-        from ..records import load_image
-
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            with torch.inference_mode(False):  # first met during inference, a cached feature must still train
-                feats = self.image_features([load_image(p) for p in chunk])
-            for p, f in zip(chunk, feats, strict=True):
-                self._features[p] = f
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-        return len(todo)
-
-    def feature_store_key(self) -> str:
-        """What the cached features depend on: the frozen encoder and how images become features."""
-        c = self.config
-        return f"{c.vision}-{c.image_size}px-grid{c.image_grid}-colour{int(c.colour_token)}-hist{HIST_BINS}"
-
-    def load_feature_store(self, store: str | os.PathLike) -> int:
-        """Take cached features from a file written by `save_feature_store` (for this encoder setting); an
-        entry counts only while its image file keeps the size and modification time it had. Returns how many."""
-        store = Path(store)
-        if not store.is_file():
-            return 0
-        try:
-            saved = torch.load(store, weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: recompute rather than fail
-            warnings.warn(f"ignoring the feature store {store.name}: {type(exc).__name__}", stacklevel=2)
-            return 0
-        if not isinstance(saved, dict) or saved.get("key") != self.feature_store_key():
-            return 0
-        n = 0
-        for path, (stamp, feats) in saved["features"].items():
-            if path not in self._features and _file_stamp(path) == stamp:
-                self._features[path] = feats
-                n += 1
-        return n
-
-    def save_feature_store(self, store: str | os.PathLike) -> None:
-        """Write every cached feature (with its image file's stamp) to one file, atomically."""
-        from ..atomic import atomic_file
-
-        features = {p: (_file_stamp(p), f) for p, f in self._features.items() if Path(p).is_file()}
-        state = {"key": self.feature_store_key(), "features": features}
-        Path(store).parent.mkdir(parents=True, exist_ok=True)
-        atomic_file(store, lambda tmp: torch.save(state, tmp))
-
-    def feature_cache(self, path: str) -> torch.Tensor:
-        """Frozen features [vision_dim, g, g] of an image file, computed once."""
-        if path not in self._features:
-            self.precompute_features([path], progress=False)
-        return self._features[path]
-
     @staticmethod
     def _class_word_embeddings(tokenizer, table: torch.Tensor) -> torch.Tensor:
         rows = []
@@ -259,6 +201,16 @@ class TraceMini(nn.Module):
         return self
 
     # ---- pieces
+    def init_from(self, directory: str | os.PathLike) -> list[str]:
+        """Start training from a checkpoint's tensors (`train --init`). A tensor whose shape changed since (v2 run
+        3's full-width name head) stays as initialised; returns the names of those."""
+        from safetensors.torch import load_file
+
+        state, own = load_file(Path(directory) / WEIGHTS_FILE), self.state_dict()
+        changed = sorted(k for k, t in state.items() if k in own and own[k].shape != t.shape)
+        self.load_state_dict({k: t for k, t in state.items() if k not in changed}, strict=False)
+        return changed
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint stores: projector, image positions, <|emb|> parameters, LoRA, and the name head
         (trained in its own stage, frozen in the others)."""
@@ -356,7 +308,7 @@ class TraceMini(nn.Module):
             raise ValueError(f"prompt has {len(parts) - 1} image placeholders but {len(prompt.images)} images")
         if features is None and prompt.images:
             if all(isinstance(im, str) for im in prompt.images):
-                features = torch.stack([self.feature_cache(im) for im in prompt.images])
+                features = torch.stack([self.feature_store.get(im) for im in prompt.images])
             else:
                 features = self.image_features(prompt.images)
         vecs, ids = [], []
@@ -426,12 +378,6 @@ def colour_histogram(img: Image.Image, size: int = 32) -> torch.Tensor:
     idx = (q[:, 0] * HIST_BINS + q[:, 1]) * HIST_BINS + q[:, 2]
     counts = torch.bincount(torch.from_numpy(idx), minlength=HIST_BINS**3).float()
     return (counts / counts.sum()).sqrt()
-
-
-def _file_stamp(path: str) -> list[int]:
-    """Size and modification time (ns) of a file: a cached feature is stale once either changes."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _to_array(img: Image.Image):
