@@ -55,10 +55,15 @@ def _run_modes(report: dict) -> dict[str, tuple[str, float]]:
     of its modes. A run without its own record (the auto run's always-reason counterfactual) is named by mode.
     """
     runs = report["runs"]
-    own = (next(iter(runs.values())).get("model") or {}).get("model_id")
+
+    def identity(run: dict) -> str | None:  # the weights' fingerprint; a folder name only for older reports
+        model = run.get("model") or {}
+        return model.get("revision") or model.get("model_id")
+
+    own = identity(next(iter(runs.values())))
     out: dict[str, tuple[str, float]] = {}
     for name, run in runs.items():
-        if (run.get("model") or {}).get("model_id") not in (None, own):
+        if identity(run) not in (None, own):
             continue
         mode = (run.get("config") or {}).get("reasoning")
         mode = mode or next((m for m in ("always", "never", "auto") if m in name.lower()), None)

@@ -362,7 +362,12 @@ def test_the_benchmark_reading_follows_the_numbers():
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "assets" / "trace-mini" / "results.json").read_text())
     text = benchmark_reading(shipped)
-    assert "does not yet help" in text and "Best on average: *λ_gen = 0 ablation (never)* (31.7)" in text
+    heads = {n: round(100 * r["average"]["headline"], 1) for n, r in shipped["runs"].items()}
+    best = max(heads, key=heads.get)
+    assert f"Best on average: *{best}* ({heads[best]:.1f})" in text
+    auto, never = heads["TRACE-mini auto"], heads["never reason"]  # the loaded model's own runs
+    assert ("reasoning helps on average" in text) == (auto > never)
+    assert ("does not yet help" in text) == (auto <= never)
 
     def run(mode, a, b):
         return {"model": {"model_id": "m"}, "config": {"reasoning": mode},
@@ -373,6 +378,12 @@ def test_the_benchmark_reading_follows_the_numbers():
     text = benchmark_reading(helps, demo=False)
     assert "reasoning helps on average" in text and "Best on average: *auto* (50.0)" in text
     assert "auto is above never on 1 of 2 (p_task0), level on 1" in text
+    # another checkpoint in a folder of the same name (an ablation) is told apart by its weights' fingerprint
+    ablation = {**run("never", 0.9, 0.9), "model": {"model_id": "m", "revision": "other"}}
+    own = {"model_id": "m", "revision": "mine"}
+    helps = {"runs": {"auto": {**run("auto", 0.6, 0.4), "model": own}, "ablation never": ablation,
+                      "never": {**run("never", 0.5, 0.4), "model": own}}}
+    assert "reasoning helps on average" in benchmark_reading(helps, demo=False)
 
 
 
