@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analysis", default=None,
                         help="queries.parquet of a --counterfactual evaluation (default: the one beside the model)")
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "index"))
+    parser.add_argument("--shipped-cache", default=str(ROOT / "assets" / "cache"),
+                        help="read-only prebuilt indexes and map (python -m app.ship), used when they match the "
+                             "model and data; '' for none")
     parser.add_argument("--no-map", action="store_true",
                         help="skip the embedding map (UMAP over the pools; built once, then cached)")
     parser.add_argument("--build-analysis", action="store_true",
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.build_analysis and not Path(analysis).is_file():
             benchmark, analysis = build_analysis(encoder, args)
         services = Services.load(args.model, args.mbeir_dir, args.split, args.cache_dir, benchmark,
-                                 analysis=analysis, embedding_map=not args.no_map, encoder=encoder)
+                                 analysis=analysis, embedding_map=not args.no_map, encoder=encoder,
+                                 shipped=[args.shipped_cache] if args.shipped_cache else [])
     except (ValueError, FileNotFoundError, ModelNotFoundError, CorruptIndexError, IndexMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -200,25 +200,30 @@ class EmbeddingMap:
 
 
 def load_or_build(pools: Sequence[PoolPoints], queries: Sequence[QueryPoints], model: Mapping, cache_dir: str | Path,
-                  config: MapConfig = MapConfig(), keep: set[str] | None = None) -> EmbeddingMap:
+                  config: MapConfig = MapConfig(), keep: set[str] | None = None,
+                  shipped: Sequence[str | Path] = ()) -> EmbeddingMap:
     """The cached map when its fingerprint matches; otherwise fit UMAP once and cache the result atomically.
 
     `keep`: candidate ids that stay on the map when a large pool is sampled (the benchmark's gold items).
+    `shipped`: read-only folders looked in before the cache (the app's `assets/cache`), same file names.
     """
     fp = map_fingerprint(pools, queries, model, config, keep)
     path = Path(cache_dir) / f"embedding-map-{fp}.parquet"
     table, matrix = collect(pools, queries, keep, config)
-    if path.is_file():
+    for where in [*(Path(f) / path.name for f in shipped), path]:
+        if not where.is_file():
+            continue
         try:
-            cached = pd.read_parquet(path)
+            cached = pd.read_parquet(where)
             if list(cached.columns) == COLUMNS and len(cached) == len(table) and \
                     (cached["id"].to_numpy() == table["id"].to_numpy()).all() and \
                     np.isfinite(cached[["x", "y"]].to_numpy()).all():
-                log.info("loaded the cached embedding map %s (%d points)", path.name, len(cached))
+                log.info("loaded the %s embedding map %s (%d points)", "cached" if where == path else "shipped",
+                         path.name, len(cached))
                 return EmbeddingMap(cached, fp)
-            log.warning("cached embedding map %s does not match its points; rebuilding it", path.name)
-        except Exception as exc:  # noqa: BLE001 - a corrupt cache file of any kind is rebuilt
-            log.warning("cached embedding map %s is unreadable (%s); rebuilding it", path.name, exc)
+            log.warning("embedding map %s does not match its points; not used", where)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file of any kind is rebuilt
+            log.warning("embedding map %s is unreadable (%s); not used", where, exc)
     t0 = time.perf_counter()
     log.info("building the embedding map: UMAP over %d points (once; cached afterwards)", len(table))
     xy = fit_umap(matrix, config)

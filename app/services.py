@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +114,10 @@ class Services:
     @classmethod
     def load(cls, model: str, data: str | Path, split: str = "test", cache_dir: str = ".cache/index",
              benchmark: str | Path | None = None, encoder: Encoder | None = None,
-             analysis: str | Path | None = None, embedding_map: bool = True) -> Services:
+             analysis: str | Path | None = None, embedding_map: bool = True,
+             shipped: Sequence[str | Path] = ()) -> Services:
+        """`shipped`: read-only folders of prebuilt indexes and maps (the app's `assets/cache`, made by
+        `python -m app.ship`), taken before the local cache when their fingerprints match."""
         root = Path(data)
         encoder = encoder or load_model(model)
         instructions = instructions_for(root)
@@ -135,7 +138,7 @@ class Services:
             query_modality = queries[0].modality if queries else "text"
             dataset_id = int(pool[0].did.split(":")[0])
             row = instructions.find(query_modality, cand_modality, dataset_id)
-            index = pool_index(encoder, pool, root, cache_dir, pair.pool_file.stem)
+            index = pool_index(encoder, pool, root, cache_dir, pair.pool_file.stem, shipped=shipped)
             tasks[pair.name] = Task(
                 name=pair.name,
                 dataset=row.dataset if row else pair.dataset,
@@ -162,14 +165,22 @@ class Services:
             queries = queries[queries["pair"].isin(tasks)].reset_index(drop=True)
         services = cls(encoder, root, tasks, results, queries, notes=notes)
         if embedding_map:
-            query_points = []
-            if queries is not None:
-                query_points = _query_points(tasks, queries, Path(analysis).parent / "embeddings", services.notes)
-            gold = {d for t in tasks.values() for ds in t.positives.values() for d in ds}
-            services.map = load_or_build(_pool_points(tasks), query_points, encoder.fingerprint, cache_dir,
-                                         keep=gold)
+            pools, query_points, gold = map_inputs(services, analysis)
+            services.map = load_or_build(pools, query_points, encoder.fingerprint, cache_dir, keep=gold,
+                                         shipped=shipped)
             _name_candidates(services.map, tasks)
         return services
+
+
+def map_inputs(services: Services, analysis: str | Path | None) -> tuple[list[PoolPoints], list[QueryPoints], set]:
+    """What the embedding map is made of: the pools, the benchmark queries (their embeddings beside
+    `analysis`), and the gold candidates that stay on the map when a large pool is sampled."""
+    query_points = []
+    if services.queries is not None and analysis is not None:
+        query_points = _query_points(services.tasks, services.queries, Path(analysis).parent / "embeddings",
+                                     services.notes)
+    gold = {d for t in services.tasks.values() for ds in t.positives.values() for d in ds}
+    return _pool_points(services.tasks), query_points, gold
 
 
 def image_names(tasks: Iterable[Task]) -> dict[str, str]:

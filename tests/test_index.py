@@ -261,6 +261,20 @@ def test_save_load_roundtrip(flat, tmp_path):
     np.testing.assert_array_equal(loaded.embeddings, flat.embeddings)
 
 
+def test_float16_storage_halves_the_file_and_reads_back_as_float32(flat, tmp_path):
+    flat.save(tmp_path / "full")
+    flat.save(tmp_path / "half", dtype="float16")
+    full, half = (tmp_path / d / "embeddings.npy" for d in ("full", "half"))
+    assert half.stat().st_size < 0.51 * full.stat().st_size
+    loaded = CandidateIndex.load(tmp_path / "half", expected=flat.manifest)
+    assert loaded.embeddings.dtype == np.float32
+    np.testing.assert_allclose(loaded.embeddings, flat.embeddings, atol=1e-3)
+    queries = unit_vectors(10, seed=11)
+    assert loaded.search(queries, 5)[1] == flat.search(queries, 5)[1]
+    with pytest.raises(ValueError, match="float32 or float16"):
+        flat.save(tmp_path / "x", dtype="int8")
+
+
 def test_hnsw_save_load_roundtrip(hnsw_pool, tmp_path):
     _, _, index = hnsw_pool
     index.save(tmp_path / "h")

@@ -81,10 +81,23 @@ def pool_index(
     pool_name: str,
     config: IndexConfig = IndexConfig(),
     progress: bool = True,
+    shipped: Sequence[str | os.PathLike] = (),
 ) -> CandidateIndex:
-    """The pool's index: loaded from the cache when it matches, otherwise embedded, built and cached."""
+    """The pool's index: loaded from the cache when it matches, otherwise embedded, built and cached.
+
+    `shipped`: read-only folders laid out like the cache (the app's `assets/cache`), looked in first; an index
+    there counts only when its manifest matches this encoder and pool, like a cached one."""
     expected = expected_manifest(encoder, pool)
     path = cache_path(cache_dir, pool_name, expected)
+    for folder in shipped:
+        try:
+            index = CandidateIndex.load(Path(folder) / path.name, expected=expected)
+            log.info("loaded the shipped index %s (%d candidates)", path.name, len(index))
+            return index
+        except FileNotFoundError:
+            continue
+        except (CorruptIndexError, IndexMismatchError) as exc:
+            log.warning("shipped index %s is unusable (%s); not used", path.name, exc)
     try:
         index = CandidateIndex.load(path, expected=expected)
         log.info("loaded cached index %s (%d candidates)", path, len(index))

@@ -306,9 +306,10 @@ class CandidateIndex:
         return hits / (q.shape[0] * k_eff)
 
     # ------------------------------------------------------------------ persistence (format: storage.py)
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Atomically write the index to ``directory`` (replacing any index already there)."""
-        save_index(directory, self.ids, self.embeddings, self.manifest, self.faiss_index)
+    def save(self, directory: str | os.PathLike[str], dtype: str = "float32") -> None:
+        """Atomically write the index to ``directory`` (replacing any index already there); ``dtype``
+        "float16" stores the embeddings at half size (read back as float32)."""
+        save_index(directory, self.ids, self.embeddings, self.manifest, self.faiss_index, dtype)
         logger.info("Saved %s index of %d candidates to %s.", self.manifest.kind, len(self), directory)
 
     @classmethod

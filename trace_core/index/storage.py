@@ -1,6 +1,7 @@
 """The on-disk format of a candidate index: its manifest, its files, and their integrity checks.
 
-An index is a directory with ``embeddings.npy`` ([N, D] float32), ``ids.json`` (the N dids in pool order),
+An index is a directory with ``embeddings.npy`` ([N, D] float32, or float16 for a shipped index: read back as
+float32), ``ids.json`` (the N dids in pool order),
 ``index.faiss`` for an approximate (HNSW) index only, and ``manifest.json``. ``manifest.json`` holds the
 ``IndexManifest`` (what produced the index) and the size and sha256 of every other file, so a truncated or
 corrupted file is detected at load time instead of producing wrong scores; it is written last. The directory
@@ -206,8 +207,13 @@ def save_index(
     embeddings: np.ndarray,
     manifest: IndexManifest,
     faiss_index: faiss.Index | None,
+    dtype: str = "float32",
 ) -> None:
-    """Atomically write an index directory (replacing any index already there)."""
+    """Atomically write an index directory (replacing any index already there). `dtype` "float16" halves the
+    embeddings file (the app's shipped indexes); they are read back as float32."""
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"embeddings are stored as float32 or float16, not {dtype!r}")
+    embeddings = np.asarray(embeddings).astype(dtype)
     with atomic_directory(directory) as tmp:
         ids_json = json.dumps(list(ids), ensure_ascii=False).encode("utf-8")
         files = {
@@ -275,8 +281,9 @@ def load_index(
             import faiss
 
             index = faiss.read_index(str(directory / INDEX_FILE))
-        if not isinstance(ids, list) or embeddings.dtype != np.float32 or embeddings.ndim != 2:
+        if not isinstance(ids, list) or embeddings.dtype not in (np.float32, np.float16) or embeddings.ndim != 2:
             raise ValueError("ids or embeddings have the wrong type or shape")
+        embeddings = embeddings.astype(np.float32, copy=False)
     except (OSError, ValueError, RuntimeError) as err:
         raise CorruptIndexError(f"Index at {directory} could not be read ({err}); {rebuild}.") from err
     return ids, embeddings, manifest, index
