@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import table  # noqa: E402
 from trace_core import EncoderConfig, load_model  # noqa: E402
+from trace_core.atomic import atomic_file  # noqa: E402
 
 SECTIONS = ("model", "search", "serving")
 
@@ -87,9 +88,7 @@ def main(argv=None) -> int:
     if "model" in results:
         results["direct_path_speed_ratio"] = results["model"]["direct_path_speed_ratio"]
         results["candidate_overhead"] = results["model"]["candidate_overhead"]
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out)
+    atomic_file(out, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     print(f"wrote {out} ({results['total_s']:.0f} s)")
     return 0
 

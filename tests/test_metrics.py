@@ -7,7 +7,6 @@ import pytest
 from trace_core.metrics import (
     HEADLINE,
     HEADLINE_K,
-    gold_rank,
     headline_metric,
     hit_at_k,
     mean_of_pairs,
@@ -51,11 +50,6 @@ def test_recall_rejects_empty_and_mismatched() -> None:
         recall_at_k([], [], 5)
     with pytest.raises(ValueError):
         recall_at_k(RANKED, POSITIVES[:3], 5)
-
-
-def test_gold_rank() -> None:
-    assert [gold_rank(r, p) for r, p in zip(RANKED, POSITIVES, strict=True)] == [3, None, 1, 5]
-    assert gold_rank([], {"a"}) is None
 
 
 def test_headline_metric() -> None:

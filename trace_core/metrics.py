@@ -54,15 +54,6 @@ def recall_at_k(ranked: Sequence[Sequence[str]], positives: Sequence[Collection[
     return sum(hit_at_k(r, p, k) for r, p in zip(ranked, positives, strict=True)) / len(ranked)
 
 
-def gold_rank(ranked_ids: Sequence[str], positives: Collection[str]) -> int | None:
-    """1-based rank of the best-ranked positive, or None if no positive is in the list."""
-    pos = positives if isinstance(positives, set | frozenset | Mapping) else set(positives)
-    for rank, did in enumerate(ranked_ids, start=1):
-        if did in pos:
-            return rank
-    return None
-
-
 def headline_k(pair_name: str) -> int:
     """Headline cut-off of a pair ("fashioniq_task7" -> 10, "cirr_task7" -> 5); a bare dataset name works."""
     dataset = pair_name.rsplit("_task", 1)[0].lower()
