@@ -8,8 +8,8 @@ import pandas as pd
 from trace_core.evaluate import table_rows
 from trace_core.metrics import headline_metric
 
+from .first_visit import about_model
 from .services import Services
-from .usecases import about_model
 
 # Reported on M-BEIR's local pools (mean of 16 pairs), TRACE paper (arXiv 2603.02929), Table 1 and Sec. 4.
 PAPER_MBEIR = pd.DataFrame(

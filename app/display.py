@@ -1,8 +1,8 @@
 """How the app names and describes things, in plain words, for every tab (no Gradio here).
 
 One place for the sentences more than one tab shows: what a candidate is (its text, or "image" and its file
-name when it has no text), what the route badge means when the reasoning mode was forced, and the warning for
-a chain of thought that ran into the token cap.
+name when it has no text), what the route badge means when the reasoning mode was forced or a routing bias was
+set (P(<|emb|>) before and after it), and the warning for a chain of thought that ran into the token cap.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import html
 import os
 from collections.abc import Callable, Sequence
 
+from trace_core.encoder import p_emb_with_bias
 from trace_core.records import QueryResult
 
 NAME_CHARS = 90  # a candidate's name in a caption or a table cell is cut after this many characters
@@ -41,16 +42,36 @@ def own_choice(result: QueryResult) -> str:
     return "direct" if result.emb_margin + result.routing_bias > 0 else "reason"
 
 
+def p_emb_words(result: QueryResult) -> str:
+    """P(<|emb|> first), and with a routing bias what it becomes once the bias is added to the <|emb|> logit:
+    "P(<|emb|> first) = 0.12 → 0.47 with bias +2.0"."""
+    p = f"P(<|emb|> first) = {result.p_emb:.2f}"
+    bias = result.routing_bias
+    if not bias:
+        return p
+    shown = f"{bias:+.1f}" if round(bias, 1) == bias else f"{bias:+g}"  # +2.0 from the slider; +0.05 kept
+    return f"{p} → {p_emb_with_bias(result.p_emb, bias):.2f} with bias {shown}"
+
+
 def route_words(result: QueryResult) -> str:
     """The route badge in words. A forced mode says what the model itself would have done, so that
-    "reasoned" next to P(<|emb|> first) = 1.00 does not read as a contradiction."""
-    p = f"P(<|emb|> first) = {result.p_emb:.2f}"
+    "reasoned" next to P(<|emb|> first) = 1.00 does not read as a contradiction; in mode auto, a routing bias
+    that changed the route is named as the reason."""
+    p = p_emb_words(result)
     step = result.first_step
     if step is not None and not step.can_reason:
         return f"direct: embedded at once (this model never reasons) · {p}"
     if result.reasoning == "auto":
+        # a bias that changed the route: the unbiased rule (margin > 0) would have gone the other way
+        tipped = bool(result.routing_bias) and (result.emb_margin > 0) != (result.route == "direct")
         if result.route == "direct":
+            if tipped:
+                return ("direct: embedded at once because of your routing bias (the model alone would have "
+                        f"reasoned) · {p}")
             return f"direct: the model chose to embed at once · {p}"
+        if tipped:
+            return ("reasoned: thought first because of your routing bias (the model alone would have embedded "
+                    f"at once) · {p}")
         return f"reasoned: the model chose to think before embedding · {p}"
     own = own_choice(result)
     if result.reasoning == "always":
@@ -61,6 +82,8 @@ def route_words(result: QueryResult) -> str:
         head = "direct: embedded at once, because you turned reasoning off (never)"
         own_words = ("the model itself would have reasoned first" if own == "reason"
                      else "the model itself would have embedded at once too")
+    if result.routing_bias:
+        own_words += " with your routing bias"
     return f"{head} · {own_words} ({p})"
 
 

@@ -1,9 +1,10 @@
 """Search tab: a query in, the route, the chain of thought as it streams, and the ranked candidates out.
 
-The use cases (search, compare, examples, search with a result) are `usecases.py`'s; this module renders their
-results and wires them to components. The scriptable endpoints `search` and `compare` (gradio_client) return
-what the UI shows. A mistake in the query is a warning (a toast and a note under the buttons): the last good
-results stay on the page.
+The use cases (search with a routing bias, re-embedding after a chain of thought edited by hand, compare,
+examples, search with a result) are `usecases.py`'s and `first_visit.py`'s; this module renders their results
+and wires them to components. The scriptable endpoints `search` and `compare` (gradio_client) return what the
+UI shows. A mistake in the query is a warning (a toast and a note under the buttons): the last good results
+stay on the page.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from gradio import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from trace_core.records import REASONING_MODES, CotDelta, InputError, QueryResult
+from trace_core.records import REASONING_MODES, CotDelta, InputError, QueryResult, check_routing_bias
 
 from .display import (
     QUERY_IMAGE,
@@ -28,15 +29,18 @@ from .display import (
     example_samples,
     route_words,
 )
+from .first_visit import default_task, example_queries
 from .services import Services
 from .usecases import (
     Comparison,
+    CotEdit,
     Hit,
     SearchResult,
     UserError,
+    another_cot,
+    checked,
     compare,
-    default_task,
-    example_queries,
+    edit_cot,
     open_api_image,
     query_from_hit,
     search,
@@ -55,14 +59,16 @@ def api_image(services: Services, image) -> Image.Image | None:
 
 
 def search_api(services: Services, query_text, query_image, task_name, reasoning="auto", top_k=10,
-               no_repeat_ngram=0, cot: str | None = None) -> dict:
+               no_repeat_ngram=0, cot: str | None = None, routing_bias=0.0) -> dict:
     """What the `search` endpoint returns (JSON with the model fingerprint). With `cot` (a string, "" for
-    none), the query is embedded after that chain of thought instead of one the model writes."""
+    none), the query is embedded after that chain of thought instead of one the model writes. `routing_bias`
+    (last, so that older positional calls keep working) is added to the `<|emb|>` logit at the first step."""
     img = api_image(services, query_image)
-    if cot is not None:
+    if cot is not None:  # no first step to bias; a bad value is still refused
+        checked(check_routing_bias, 0.0 if routing_bias is None else routing_bias)
         return search_with_cot(services, task_name, query_text, img, None, cot, top_k).to_json(services.fingerprint)
-    return search(services, task_name, query_text, img, None, reasoning, top_k,
-                  no_repeat_ngram=no_repeat_ngram).to_json(services.fingerprint)
+    return search(services, task_name, query_text, img, None, reasoning, top_k, no_repeat_ngram=no_repeat_ngram,
+                  routing_bias=routing_bias).to_json(services.fingerprint)
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -155,6 +161,18 @@ def export_file(res: SearchResult, fingerprint: dict) -> str:
     return path
 
 
+def cot_edit_markdown(e: CotEdit) -> str:
+    """How the edited chain of thought moved the query: the gold's rank before and after for a benchmark query,
+    else how many of the top-k stayed."""
+    how = "with the edited CoT" if e.after.result.cot else "with a blank CoT (embedded at once)"
+    stayed = f"**{e.kept}/{e.k}** of the search's top-{e.k} stayed in the top-{e.k}"
+    if e.gold_before is None or e.gold_after is None:
+        return f"Free query: there is no gold to compare. {stayed} {how}."
+    b, a = e.gold_before, e.gold_after
+    word = "up" if a < b else ("down" if a > b else "unchanged")
+    return f"Gold rank **{b} → {a}** {how} ({word}); {stayed}."
+
+
 def warning_note(message: str) -> str:
     return (f"<div class='query-warning'>⚠ {html.escape(message)} The results below are from the last search that "
             "worked.</div>")
@@ -182,6 +200,10 @@ def build_search_tab(services: Services) -> None:
     modes_info = "auto: the model decides · always: it must think first · never: it embeds at once"
     guard_info = ("Stops a chain of thought that loops until the token cap. The benchmark and the analysis tabs "
                   "use plain greedy decoding (guard off), as in the paper.")
+    bias_info = ("Added to the <|emb|> logit at the first step: positive favours embedding at once, negative "
+                 "favours reasoning. Only matters in mode auto; the examples run with 0, as evaluated.")
+    edit_info = ("The query of the search is embedded after this text instead of the model's own thought "
+                 "(teacher forcing); an empty one embeds at once, as the direct route does.")
     with gr.Column(elem_id="search-panel"), gr.Row():
         with gr.Column(scale=2, min_width=380):
             task = gr.Dropdown(choices, value=first, label="Task")
@@ -198,6 +220,7 @@ def build_search_tab(services: Services) -> None:
                 mode = gr.Radio(list(REASONING_MODES), value="auto", label="Reasoning", info=modes_info)
                 k = gr.Slider(1, 50, value=10, step=1, label="top-k")
             guard = gr.Checkbox(False, label=f"Repetition guard (block repeated {GUARD_N}-grams)", info=guard_info)
+            bias = gr.Slider(-10, 10, value=0, step=0.5, label="Routing bias", info=bias_info)
             qid = gr.State("")
             with gr.Row():
                 go = gr.Button("Search", variant="primary")
@@ -215,12 +238,28 @@ def build_search_tab(services: Services) -> None:
             table = gr.Dataframe(headers=HEADERS, label="Ranked candidates (click a row to search with it)",
                                  interactive=False, wrap=True, column_widths=["8%", "11%", "8%", "55%", "18%"],
                                  elem_classes="fit-table")
+            with gr.Accordion("Edit the chain of thought and re-embed", visible=False,
+                              elem_id="cot-edit") as edit_box:
+                cot_edit = gr.Textbox(label="Edit the chain of thought and re-embed", lines=3, max_lines=10,
+                                      interactive=True, info=edit_info)
+                with gr.Row():
+                    reembed = gr.Button("Re-embed with this CoT", size="sm")
+                    blank = gr.Button("Blank CoT", size="sm")
+                    borrow = gr.Button("Another query's CoT", size="sm")
+                edit_note = gr.HTML("")
+                edit_md = gr.Markdown()
+                edit_table = gr.Dataframe(headers=HEADERS, label="Ranked candidates after the edited CoT",
+                                          interactive=False, wrap=True,
+                                          column_widths=["8%", "11%", "8%", "55%", "18%"], elem_classes="fit-table")
             comparison = gr.Markdown(elem_classes="fit-markdown")
             off_gallery = gr.Gallery(label="Without reasoning", columns=5, height="auto", allow_preview=False,
                                      visible=False, elem_classes="hits-gallery")
             export = gr.File(label="Export (JSON with the model fingerprint)")
     last_hits = gr.State([])
-    outputs = [badge, cot, stats, gold, gallery, table, comparison, off_gallery, export, last_hits, notice]
+    searched = gr.State(None)  # the last search's SearchResult: the query and ranking an edited CoT is put against
+    edit_outputs = [searched, edit_box, cot_edit, edit_md, edit_table, edit_note]
+    outputs = [badge, cot, stats, gold, gallery, table, comparison, off_gallery, export, last_hits, *edit_outputs,
+               notice]
     skip_all = tuple(gr.skip() for _ in outputs)
     names = {name: {c.did: t.name_of(c.did, 200) for c in t.pool} for name, t in tasks.items()}
 
@@ -228,12 +267,18 @@ def build_search_tab(services: Services) -> None:
         gr.Warning(str(exc))
         return (*skip_all[:-1], warning_note(str(exc)))
 
-    def stream(task_name, instruction_text, text_in, image_in, mode_in, k_in, qid_in, guard_in):
+    def offer_edit(res: SearchResult | None) -> tuple:
+        """The edit section for a new search: its query's own CoT offered for editing, the last edit gone."""
+        if res is None:
+            return None, gr.Accordion(visible=False), "", "", [], ""
+        return res, gr.Accordion(visible=True), res.result.cot, "", [], ""
+
+    def stream(task_name, instruction_text, text_in, image_in, mode_in, k_in, qid_in, guard_in, bias_in=0.0):
         """The outputs as the model reasons, then the result; a mistake keeps the last results."""
         so_far, cleared = "", False
         try:
             for event in stream_search(services, task_name, text_in, image_in, instruction_text, mode_in, k_in,
-                                       qid_in or None, GUARD_N if guard_in else 0):
+                                       qid_in or None, GUARD_N if guard_in else 0, bias_in):
                 if isinstance(event, CotDelta):
                     so_far += event.text
                     head = (route_badge(None), so_far, f"{event.n_tokens} tokens…")
@@ -242,19 +287,19 @@ def build_search_tab(services: Services) -> None:
                     else:  # a new query: nothing of the previous one stays on the page
                         cleared = True
                         yield (*head, "", gr.Gallery(value=None, visible=False), [], "",
-                               gr.Gallery(value=None, visible=False), None, [], "")
+                               gr.Gallery(value=None, visible=False), None, [], *offer_edit(None), "")
                 else:
                     r = event.result
                     yield (route_badge(r, cap), cot_text(r), stats_line(r), gold_summary(event, len(event.hits),
                                                                                    names[task_name]),
                            gallery_update(event.hits), hits_table(event.hits), "",
                            gr.Gallery(value=None, visible=False), export_file(event, services.fingerprint),
-                           [h.__dict__ for h in event.hits], "")
+                           [h.__dict__ for h in event.hits], *offer_edit(event), "")
         except (UserError, InputError) as exc:
             yield failed(exc)
 
-    go.click(stream, [task, instruction, text, image, mode, k, qid, guard], outputs, concurrency_limit=1,
-             concurrency_id="model", api_visibility="private")
+    search_inputs = [task, instruction, text, image, mode, k, qid, guard, bias]
+    go.click(stream, search_inputs, outputs, concurrency_limit=1, concurrency_id="model", api_visibility="private")
 
     def run_compare(task_name, instruction_text, text_in, image_in, k_in, qid_in):
         try:
@@ -266,7 +311,7 @@ def build_search_tab(services: Services) -> None:
                 "table show the run *with* reasoning; the table at the bottom puts both rankings side by side.",
                 gold_summary(c.on, c.k, names[task_name]), gallery_update(c.on.hits, "With reasoning"),
                 hits_table(c.on.hits), comparison_markdown(c), gallery_update(c.off.hits, "Without reasoning"),
-                export_file(c.on, services.fingerprint), [h.__dict__ for h in c.on.hits], "")
+                export_file(c.on, services.fingerprint), [h.__dict__ for h in c.on.hits], *offer_edit(c.on), "")
 
     cmp.click(run_compare, [task, instruction, text, image, k, qid], outputs, concurrency_limit=1,
               concurrency_id="model", api_visibility="private")
@@ -289,13 +334,13 @@ def build_search_tab(services: Services) -> None:
 
     def fill_example(task_name, index):
         """An example's query in the inputs, set up as the evaluation ran it (reasoning auto, plain greedy
-        decoding, its instruction), so that its search finds the gold where the label says."""
+        decoding, no routing bias, its instruction), so that its search finds the gold where the label says."""
         exs = examples_of[task_name]
         if index is None or not 0 <= int(index) < len(exs):
-            return (gr.skip(),) * 6 + (False,)
+            return (gr.skip(),) * 7 + (False,)
         e = exs[int(index)]
         text_v, img = query_of(task_name, e.qid)
-        return text_v, img, e.qid, e.instruction or tasks[task_name].instructions[0], "auto", False, True
+        return text_v, img, e.qid, e.instruction or tasks[task_name].instructions[0], "auto", False, 0, True
 
     go_on = gr.State(False)  # whether the event before a chained search set up a query to run
 
@@ -305,8 +350,7 @@ def build_search_tab(services: Services) -> None:
         else:
             yield skip_all
 
-    search_inputs = [task, instruction, text, image, mode, k, qid, guard]
-    examples.click(fill_example, [task, examples], [text, image, qid, instruction, mode, guard, go_on],
+    examples.click(fill_example, [task, examples], [text, image, qid, instruction, mode, guard, bias, go_on],
                    api_visibility="private").then(
         stream_if, [go_on, *search_inputs], outputs, concurrency_limit=1, concurrency_id="model",
         api_visibility="private")
@@ -368,16 +412,61 @@ def build_search_tab(services: Services) -> None:
             stream_noted, [go_on, hit_note, *search_inputs], outputs, concurrency_limit=1, concurrency_id="model",
             api_visibility="private")
 
+    # ---- the chain of thought by hand: the search's query re-embedded after an edited, blank or borrowed CoT
+    def run_edit(before, cot_in):
+        """The ranking after the edited CoT and how the gold moved; a mistake keeps the last one."""
+        try:
+            e = edit_cot(services, before, cot_in or "")
+        except (UserError, InputError) as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip(), warning_note(str(exc))
+        return cot_edit_markdown(e), hits_table(e.after.hits), ""
+
+    def borrow_cot(before):
+        """Another benchmark query's CoT (of the same task, from the evaluation) in the box, to re-embed with."""
+        try:
+            if before is None:
+                raise UserError("Search first: the chain of thought is edited for the query of the last search.")
+            b = another_cot(services, before.task, before.query.qid if before.query else None)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), warning_note(str(exc)), False
+        note = (f"<div class='query-info'>The chain of thought the model wrote for query {html.escape(b.qid)} "
+                f"({html.escape(b.query[:80])}) in the evaluation.</div>")
+        return b.cot, note, True
+
+    def run_edit_if(go_edit_in, note, before, cot_in):
+        """The chained re-embedding, with what the borrow click did said under the buttons."""
+        if not go_edit_in:
+            return gr.skip(), gr.skip(), note or gr.skip()
+        md, rows, warn = run_edit(before, cot_in)
+        return md, rows, warn or note
+
+    edit_results = [edit_md, edit_table, edit_note]
+    reembed.click(run_edit, [searched, cot_edit], edit_results, concurrency_limit=1, concurrency_id="model",
+                  api_visibility="private")
+    blank.click(lambda: "", None, cot_edit, api_visibility="private").then(
+        run_edit, [searched, cot_edit], edit_results, concurrency_limit=1, concurrency_id="model",
+        api_visibility="private")
+    borrowed = gr.State("")  # what the borrow click said, kept under the buttons after its re-embedding
+    go_edit = gr.State(False)  # whether the borrow click put a CoT in the box to re-embed with
+    borrow.click(borrow_cot, [searched], [cot_edit, borrowed, go_edit], api_visibility="private").then(
+        run_edit_if, [go_edit, borrowed, searched, cot_edit], edit_results, concurrency_limit=1,
+        concurrency_id="model", api_visibility="private")
+
     # ---- the API
     def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
-                   top_k: float = 10, no_repeat_ngram: float = 0, cot: str | None = None) -> dict:
+                   top_k: float = 10, no_repeat_ngram: float = 0, cot: str | None = None,
+                   routing_bias: float = 0.0) -> dict:
         """Search: route, chain of thought and ranked hits for a text and/or image query. no_repeat_ngram: the
         repetition guard (0, the default: plain greedy decoding, as in the benchmark; 1-8: no n-gram twice).
         cot: a chain of thought to embed the query after, instead of the model's own ("" embeds at once;
-        reasoning and no_repeat_ngram are then unused)."""
+        reasoning, no_repeat_ngram and routing_bias are then unused). routing_bias: added to the <|emb|> logit
+        at the first step (> 0 favours embedding at once, < 0 reasoning; only matters for reasoning "auto");
+        the JSON gives P(<|emb|>) before (p_emb) and after it (p_emb_with_bias)."""
         try:
             return search_api(services, query_text, query_image, task_name, reasoning, top_k, no_repeat_ngram,
-                              cot)
+                              cot, routing_bias)
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
 

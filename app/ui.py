@@ -10,10 +10,10 @@ import gradio as gr
 from .benchmark_tab import build_benchmark_tab
 from .difficulty_tab import build_difficulty_tab
 from .errors_tab import build_errors_tab
+from .first_visit import about_model, reasoning_rates
 from .map_tab import build_map_tab
 from .search_tab import build_search_tab
 from .services import Services
-from .usecases import about_model, reasoning_rates
 from .walkthrough_tab import build_walkthrough_tab
 
 # One tab per question a user asks, in the order a visitor meets them.

@@ -1,5 +1,6 @@
-"""What a person can do with the app, as plain functions of the services: search, compare, place a query on
-the embedding map, explain a query step by step.
+"""What a person can do with the app, as plain functions of the services: search (with a routing bias),
+re-embed a query after a chain of thought edited by hand, compare, place a query on the embedding map, explain
+a query step by step. What a first visit sees (examples, the default task) is `first_visit.py`'s.
 
 No Gradio here. The tabs (`*_tab.py`) build components, wire events to these functions and turn their results
 into Markdown, tables and figures; the API endpoints call the same functions; the tests call them directly.
@@ -8,16 +9,14 @@ A mistake in the input raises `UserError` with the sentence to show.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from trace_core.encoder import TraceEncoder
+from trace_core.encoder import TraceEncoder, p_emb_with_bias
 from trace_core.explain import PromptStep, Walkthrough, stream_explain
-from trace_core.metrics import headline_metric
 from trace_core.records import (
     CotDelta,
     InputError,
@@ -84,6 +83,22 @@ class SearchResult:
     hits: list[Hit]
     gold: list[tuple[str, int, float]]  # (did, exact rank, score) of every gold candidate, if known
     task: str
+    query: Query | None = field(default=None, repr=False)  # what was searched (to re-embed it, `edit_cot`)
+
+    @property
+    def routing_bias(self) -> float:
+        """The bias that was added to the `<|emb|>` logit at the first step (the result's own record)."""
+        return self.result.routing_bias
+
+    @property
+    def p_emb_biased(self) -> float:
+        """P(<|emb|> first) once the routing bias is added to its logit (`result.p_emb` is before it)."""
+        return p_emb_with_bias(self.result.p_emb, self.result.routing_bias)
+
+    @property
+    def gold_rank(self) -> int | None:
+        """The best gold candidate's exact rank in the whole pool; None for a free query."""
+        return self.gold[0][1] if self.gold else None
 
     def to_json(self, fingerprint: dict) -> dict:
         r = self.result
@@ -91,7 +106,9 @@ class SearchResult:
             "model": fingerprint,
             "task": self.task,
             "route": r.route,
-            "p_emb": r.p_emb,
+            "p_emb": r.p_emb,  # before the routing bias
+            "routing_bias": r.routing_bias,
+            "p_emb_with_bias": self.p_emb_biased,
             "cot": r.cot,
             "cot_tokens": r.cot_tokens,
             "truncated": r.truncated,
@@ -132,7 +149,8 @@ def make_query(services: Services, task_name: str, text: str | None, image, inst
     return task, Query(text=text or None, image=img, instruction=instruction, qid=qid or "")
 
 
-def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str | None) -> SearchResult:
+def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str | None,
+         query: Query | None = None) -> SearchResult:
     """A query embedding's top-k in its task's pool, and the exact rank of every gold candidate."""
     scores, ids = task.index.search(result.embedding, k)
     gold_ids = task.positives.get(qid or "", set())
@@ -142,29 +160,34 @@ def rank(services: Services, task: Task, result: QueryResult, k: int, qid: str |
         hits.append(Hit(n, did, float(score), c.text, services.image_path(c.image_path), did in gold_ids,
                         c.image_path or None, task.shows.get(c.image_path or "")))
     [gold] = task.index.positive_ranks(result.embedding[None], [gold_ids])  # every gold's exact rank, best first
-    return SearchResult(result, hits, gold, task.name)
+    return SearchResult(result, hits, gold, task.name, query)
 
 
 @gpu
 def stream_search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
-                  qid: str | None = None, no_repeat_ngram: int = 0) -> Iterator[CotDelta | SearchResult]:
+                  qid: str | None = None, no_repeat_ngram: int = 0,
+                  routing_bias: float | None = 0.0) -> Iterator[CotDelta | SearchResult]:
     """Yield CoT deltas while the model reasons, then the ranked result. `no_repeat_ngram` > 0 turns on the
-    repetition guard (plain greedy decoding, as in the paper and the benchmark, when 0)."""
+    repetition guard (plain greedy decoding, as in the paper and the benchmark, when 0). `routing_bias` is
+    added to the `<|emb|>` logit at the first step: > 0 favours embedding at once, < 0 reasoning (mode auto)."""
     mode = checked(check_reasoning, mode)
     guard = checked(check_no_repeat_ngram, no_repeat_ngram)
+    bias = checked(check_routing_bias, 0.0 if routing_bias is None else routing_bias)
     task, query = make_query(services, task_name, text, image, instruction, qid)
     k = top_k(k, task)
     with services.model_lock:
-        for event in services.encoder.stream_query(query, reasoning=mode, no_repeat_ngram=guard):
+        events = services.encoder.stream_query(query, reasoning=mode, routing_bias=bias, no_repeat_ngram=guard)
+        for event in events:
             if isinstance(event, CotDelta):
                 yield event
             else:
-                yield rank(services, task, event, k, qid)
+                yield rank(services, task, event, k, qid, query)
 
 
 def search(services: Services, task_name: str, text, image, instruction, mode: str, k: int,
-           qid: str | None = None, no_repeat_ngram: int = 0) -> SearchResult:
-    *_, last = stream_search(services, task_name, text, image, instruction, mode, k, qid, no_repeat_ngram)
+           qid: str | None = None, no_repeat_ngram: int = 0, routing_bias: float | None = 0.0) -> SearchResult:
+    *_, last = stream_search(services, task_name, text, image, instruction, mode, k, qid, no_repeat_ngram,
+                             routing_bias)
     return last
 
 
@@ -188,149 +211,77 @@ def search_with_cot(services: Services, task_name: str, text, image, instruction
             [result] = encode([query], [cot.strip()])
         except InputError as exc:
             raise UserError(str(exc)) from exc
-    return rank(services, task, result, k, qid)
+    return rank(services, task, result, k, qid, query)
 
 
-# ------------------------------------------------------------------------------------------ first visit
-DIFFICULTY = {"direct": "simple", "reason": "complex"}  # the data's routing label, in a visitor's words
-
-
+# ------------------------------------------------------------------------------------------ the CoT, by hand
 @dataclass
-class Example:
-    """A benchmark query offered as a one-click example, with how the loaded model did on it."""
+class CotEdit:
+    """The same query ranked after the model's own chain of thought (`before`, a search) and after one given by
+    hand (`after`, `search_with_cot`): does the content of the thought move the gold, or the top-k?"""
 
-    task: str
+    before: SearchResult
+    after: SearchResult
+
+    @property
+    def k(self) -> int:
+        return len(self.after.hits)
+
+    @property
+    def gold_before(self) -> int | None:
+        return self.before.gold_rank
+
+    @property
+    def gold_after(self) -> int | None:
+        return self.after.gold_rank
+
+    @property
+    def kept(self) -> int:
+        """How many of the search's top-k are still in the top-k after the edited chain of thought."""
+        return len({h.did for h in self.before.hits} & {h.did for h in self.after.hits})
+
+
+def edit_cot(services: Services, before: SearchResult | None, cot: str) -> CotEdit:
+    """Re-embed the query of a search (`before`) after the chain of thought `cot` ("" embeds at once) and
+    rank it with the same top-k. UserError before any search, or for a chain `search_with_cot` refuses."""
+    if before is None or before.query is None:
+        raise UserError("Search first: the chain of thought is edited for the query of the last search.")
+    q = before.query
+    after = search_with_cot(services, before.task, q.text, q.image, q.instruction, cot, len(before.hits),
+                            q.qid or None)
+    return CotEdit(before, after)
+
+
+@dataclass(frozen=True)
+class BorrowedCot:
+    """The chain of thought another benchmark query of the task was given in the loaded evaluation."""
+
     qid: str
-    text: str | None
-    image: str | None  # path relative to the data root
-    instruction: str | None  # the instruction it was evaluated with (None: the task's first)
-    difficulty: str  # "simple" | "complex" (the data's routing label), or "" when unlabelled
-    gold_rank: int | None = None  # where the loaded model's evaluation ranked its gold (None: not evaluated)
-    route: str | None = None  # the route the model took in that evaluation
-
-    @property
-    def query(self) -> str:
-        if self.text and self.image:
-            return f"{self.text} (+ image {os.path.basename(self.image)})"
-        return self.text or f"image {os.path.basename(self.image or '')}"
-
-    @property
-    def result(self) -> str:
-        """How the evaluation went, in words: difficulty, route, gold rank."""
-        parts = [self.difficulty] if self.difficulty else []
-        if self.route:
-            parts.append("reasons" if self.route == "reason" else "embeds at once")
-        parts.append(f"gold at #{self.gold_rank}" if self.gold_rank is not None else "not evaluated")
-        return " · ".join(parts)
+    query: str  # that query's text (or "(image only)")
+    cot: str
 
 
-def _rank_or_none(x) -> int | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return int(x) if math.isfinite(x) else None
-
-
-def example_queries(services: Services, task_name: str, n: int = 4) -> list[Example]:
-    """A few benchmark queries of a task that the loaded model gets right, for one-click examples.
-
-    Chosen from the evaluation beside the model (`services.queries`), so they follow the model: the queries
-    whose gold it ranks best (first, when any), a CoT that ended by itself before one cut at the token cap,
-    the clearest win (score margin over the runner-up) first; simple and complex queries alternate. Without
-    an evaluation: the task's first benchmark queries, marked "not evaluated".
-    """
-    task = services.tasks[task_name]
-    by_qid = {q.qid: q for q in task.queries}
+def another_cot(services: Services, task_name: str, qid: str | None = None) -> BorrowedCot:
+    """"Another query's CoT": the evaluation's (`services.queries`, column `cot`) non-empty chain of thought of
+    the next benchmark query of the task after `qid`, in the task's query order, wrapping around (the first one
+    for a free query); never the query's own. Deterministic, so a lesson can be replayed."""
     table = services.queries
-    rows: list[tuple] = []
-    if table is not None and len(table):
-        t = table[(table["pair"] == task_name) & table["qid"].astype(str).isin(by_qid)]
-        for _, r in t.iterrows():
-            rank = _rank_or_none(r.get("gold_rank"))
-            if rank is None:
-                continue
-            scores = list(r.get("top_scores", []) if r.get("top_scores") is not None else [])
-            margin = float(scores[0] - scores[1]) if rank == 1 and len(scores) > 1 else 0.0
-            capped = r.get("stop_reason") in ("max_tokens", "eos")
-            instr = r.get("instruction") if isinstance(r.get("instruction"), str) else None
-            rows.append(((rank, capped, -margin), str(r["qid"]), rank, str(r.get("route") or "") or None, instr))
-        rows.sort(key=lambda x: x[0])
-    if not rows:  # no evaluation: the first queries, unranked
-        rows = [((0,), q.qid, None, None, None) for q in task.queries]
-    groups: dict[str, list[Example]] = {}
-    for _, qid, rank, route, instr in rows:
-        q = by_qid[qid]
-        label = DIFFICULTY.get(task.labels.get(qid, ""), "")
-        groups.setdefault(label, []).append(
-            Example(task_name, qid, q.text, q.image_path, instr, label, rank, route))
-    out: list[Example] = []
-    lists = list(groups.values())  # in the order of their best example
-    for i in range(max((len(x) for x in lists), default=0)):
-        out.extend(x[i] for x in lists if i < len(x))
-        if len(out) >= n:
-            break
-    return out[:n]
-
-
-def _auto_run(services: Services) -> dict:
-    """The loaded model's own evaluation run (a report's first run, or a plain results.json); {} when none."""
-    report = services.benchmark or {}
-    run = next(iter(report["runs"].values()), None) if "runs" in report else report
-    return run or {}
-
-
-def _headline_by_task(services: Services) -> dict[str, float]:
-    """Each task's headline score in the loaded evaluation (the auto run), when there is one."""
-    pairs = _auto_run(services).get("pairs", {})
-    out = {}
-    for name, m in pairs.items():
-        head = m.get(headline_metric(name))
-        if isinstance(head, (int, float)):
-            out[name] = float(head)
-    if not out and services.queries is not None and len(services.queries):
-        t = services.queries
-        out = {p: float((g["gold_rank"] <= 5).mean()) for p, g in t.groupby("pair")}
-    return out
-
-
-def default_task(services: Services) -> str:
-    """The task a first visit opens on: one where a typed query finds things. Among the tasks that take a text
-    query alone, the one the loaded model scores best on in its evaluation; else the first text task."""
-    tasks = services.tasks
-    typed = [n for n, t in tasks.items() if t.query_modality == "text"] or list(tasks)
-    scores = _headline_by_task(services)
-    return max(typed, key=lambda n: (scores.get(n, -1.0), -typed.index(n)))
-
-
-def reasoning_rates(services: Services) -> dict[str, float]:
-    """Each task's share of queries the model chose to reason on in its evaluation (auto), when known."""
-    t = services.queries
-    if t is not None and len(t) and "route" in t:
-        return {p: float((g["route"] == "reason").mean()) for p, g in t.groupby("pair") if p in services.tasks}
-    return {p: float(m["reason_rate"]) for p, m in _auto_run(services).get("pairs", {}).items()
-            if p in services.tasks and "reason_rate" in m}
-
-
-@dataclass
-class ModelAbout:
-    """What the page header says about the loaded model."""
-
-    name: str  # e.g. "trace-mini"
-    demo: bool  # a TRACE-mini (this project's small demo model), not a published checkpoint
-    parts: str  # its language model and image encoder, when known ("" otherwise)
-
-
-def about_model(services: Services) -> ModelAbout:
-    from trace_core.backbones.mini import MiniBackbone
-
-    backbone = getattr(services.encoder, "backbone", None)
-    name = os.path.basename(str(services.fingerprint.get("model_id", "model")).rstrip("/")) or "model"
-    if not isinstance(backbone, MiniBackbone):
-        return ModelAbout(name, False, "")
-    cfg = getattr(getattr(backbone, "model", None), "config", None)
-    lm, vision = getattr(cfg, "lm", ""), getattr(cfg, "vision", "")
-    return ModelAbout(name, True, f"{lm} + {vision}" if lm and vision else "")
+    if task_name not in services.tasks:
+        raise UserError(f"unknown task {task_name!r}")
+    if table is None or not len(table) or "cot" not in table:
+        raise UserError("No evaluation is loaded, so there is no other query's chain of thought to borrow.")
+    rows = table[table["pair"] == task_name]
+    cots = {str(q): c.strip() for q, c in zip(rows["qid"], rows["cot"], strict=True)
+            if isinstance(c, str) and c.strip()}
+    queries = services.tasks[task_name].queries
+    order = [q for q in queries if q.qid in cots and q.qid != qid]
+    if not order:
+        raise UserError("No other query of this task has a chain of thought in the loaded evaluation (the model "
+                        "embedded them at once, or its thoughts were blank).")
+    pos = {q.qid: n for n, q in enumerate(queries)}
+    here = pos.get(qid or "", -1)  # a free query starts from the top
+    nxt = next((q for q in order if pos[q.qid] > here), order[0])
+    return BorrowedCot(nxt.qid, nxt.text or "(image only)", cots[nxt.qid])
 
 
 @dataclass

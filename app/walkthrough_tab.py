@@ -17,20 +17,14 @@ import gradio as gr
 import plotly.graph_objects as go
 from PIL import Image
 
-from trace_core.encoder import TraceEncoder
+from trace_core.encoder import TraceEncoder, p_emb_with_bias
 from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough
 from trace_core.records import REASONING_MODES, CotDelta
 
 from .display import QUERY_IMAGE, example_samples
+from .first_visit import default_task, example_queries
 from .services import Services, Task
-from .usecases import (
-    Explained,
-    SearchResult,
-    UserError,
-    default_task,
-    example_queries,
-    stream_explanation,
-)
+from .usecases import Explained, SearchResult, UserError, stream_explanation
 
 TOP = 10  # next tokens shown at the first step
 STRIP_CAP = 160  # token spans shown in a strip; the middle of a longer sequence is hidden
@@ -204,6 +198,7 @@ def decision_markdown(first: PromptStep) -> str:
              else "**reason**: write a chain of thought first")
     emb_place = ("the model's first choice" if d.emb_rank == 1
                  else f"rank {d.emb_rank:,} of {d.vocab_size:,}")
+    biased = f" → {p_emb_with_bias(d.p_emb, d.routing_bias):.4f} with the bias" if d.routing_bias else ""
     return (
         "### Step 2 · The first decision: embed now, or think first?\n"
         f"After reading the prompt, the model gives every one of its {d.vocab_size:,} tokens a score (a logit) "
@@ -212,7 +207,7 @@ def decision_markdown(first: PromptStep) -> str:
         "route). If an ordinary token wins, the model first writes a chain of thought (the reason route), starting "
         "with that token. Ending the answer (grey bars) is not allowed at this step.\n\n"
         f"| | |\n|---|---|\n"
-        f"| P({emb_t}) | **{d.p_emb:.4f}** ({emb_place}) |\n"
+        f"| P({emb_t}) | **{d.p_emb:.4f}** ({emb_place}){biased} |\n"
         f"| best other token | {code_span(show_token(first.best_other.text), in_table=True)} "
         f"(P = {first.best_other.prob:.4f}) |\n"
         f"| margin = logit({emb_t}) − logit(best other) | {d.margin:+.3f} |\n"

@@ -191,7 +191,7 @@ def _image_of(services, example):
 
 
 def test_every_task_has_examples_that_find_their_gold(evaluated):
-    from app.usecases import example_queries
+    from app.first_visit import example_queries
 
     table = evaluated.queries
     for name, task in evaluated.tasks.items():
@@ -209,7 +209,7 @@ def test_every_task_has_examples_that_find_their_gold(evaluated):
 
 
 def test_examples_without_an_evaluation_are_the_first_queries_marked_so(services):
-    from app.usecases import example_queries
+    from app.first_visit import example_queries
 
     examples = example_queries(services, "webqa_task1", 3)
     assert [e.qid for e in examples] == [q.qid for q in services.tasks["webqa_task1"].queries[:3]]
@@ -219,7 +219,7 @@ def test_examples_without_an_evaluation_are_the_first_queries_marked_so(services
 def test_the_default_task_takes_a_typed_query_and_is_the_best_scored(evaluated):
     import dataclasses
 
-    from app.usecases import default_task
+    from app.first_visit import default_task
 
     typed = [n for n, t in evaluated.tasks.items() if t.query_modality == "text"]
     assert set(typed) == {"mscoco_task0", "webqa_task1"}

@@ -148,7 +148,7 @@ def test_the_header_explains_trace_and_says_this_is_a_demo_model(page):
 
 
 def test_an_example_of_the_default_task_finds_its_gold(page, services):
-    from app.usecases import default_task, example_queries
+    from app.first_visit import default_task, example_queries
 
     page.reload()
     panel = _search_panel(page)
@@ -199,7 +199,7 @@ def test_a_mistake_is_a_warning_and_the_last_results_stay(page):
 
 
 def test_search_with_a_result_on_an_image_task(page, services):
-    from app.usecases import example_queries
+    from app.first_visit import example_queries
 
     _tab(page, "Search")
     _choose(page, "Task", "(cirr_task7)")
@@ -277,4 +277,102 @@ def test_no_table_is_cut_at_1400_px(page):
                            return lines.length > words.length + 1; })
             .map(h => h.innerText)""")
         assert not letters, f"{name}: headers broken inside words: {letters}"
+    assert not page.page_errors, page.page_errors
+
+
+# ------------------------------------------------------------------------------------------ the CoT as an experiment
+def _set_bias(panel, value: float) -> None:
+    number = panel.get_by_label("number input for Routing bias")
+    number.fill(str(value))
+    number.press("Enter")
+
+
+def test_the_routing_bias_slider_shows_p_emb_before_and_after(page, services):
+    from app.usecases import search
+
+    query = "a dog on a sofa"
+    plain = search(services, "mscoco_task0", query, None, None, "auto", 10).result
+    bias = 3.0 if plain.emb_margin + 3.0 > 0 else 10.0  # enough to tip the tiny model's auto route to direct
+    biased = search(services, "mscoco_task0", query, None, None, "auto", 10, routing_bias=bias)
+    assert biased.result.route == "direct"
+    _tab(page, "Search")
+    _choose(page, "Task", "(mscoco_task0)")
+    panel = _search_panel(page)
+    panel.get_by_label("Query text").fill(query)
+    panel.get_by_label("auto", exact=True).check()
+    try:
+        _set_bias(panel, bias)
+        panel.get_by_role("button", name="Search", exact=True).click()
+        badge = panel.locator(".route-badge")
+        sync_api.expect(badge).to_contain_text(
+            f"P(<|emb|> first) = {plain.p_emb:.2f} → {biased.p_emb_biased:.2f} with bias +{bias:.1f}", timeout=60_000)
+        sync_api.expect(badge).to_contain_text("direct")
+        if plain.route == "reason":
+            sync_api.expect(badge).to_contain_text("because of your routing bias")
+        # back at 0: the unbiased probability alone, and the model's own route
+        _set_bias(panel, 0)
+        panel.get_by_role("button", name="Search", exact=True).click()
+        sync_api.expect(badge).to_contain_text("the model chose", timeout=60_000)
+        sync_api.expect(badge).to_contain_text(f"P(<|emb|> first) = {plain.p_emb:.2f}")
+        sync_api.expect(badge).not_to_contain_text("→")
+    finally:
+        _set_bias(panel, 0)  # the page is shared by the next tests
+    assert not page.page_errors, page.page_errors
+
+
+def test_editing_the_cot_reembeds_and_shows_how_the_gold_moved(page, services):
+    from app.first_visit import default_task, example_queries
+    from app.usecases import UserError, another_cot, search, search_with_cot
+
+    page.reload()
+    panel = _search_panel(page)
+    task = default_task(services)
+    ex = example_queries(services, task, 4)[0]
+    q = next(q for q in services.tasks[task].queries if q.qid == ex.qid)
+    img = None
+    if q.image_path:
+        from PIL import Image
+
+        img = Image.open(services.image_path(q.image_path))
+    instruction = ex.instruction or services.tasks[task].instructions[0]
+    direct = search(services, task, q.text, img, instruction, "never", 10, q.qid)
+    panel.locator(".example-queries tbody tr").first.click()
+    sync_api.expect(panel.get_by_text(re.compile(rf"is at rank {ex.gold_rank} \(in the top-k\)"))).to_be_visible(
+        timeout=60_000)
+    edit = panel.locator("#cot-edit")
+    box = edit.locator("textarea")
+    sync_api.expect(box).to_be_visible()
+    # blank: the query embeds at once, so its gold lands where reasoning off puts it
+    edit.get_by_role("button", name="Blank CoT").click()
+    line = edit.get_by_text(re.compile(rf"Gold rank {ex.gold_rank} → {direct.gold_rank} with a blank CoT"))
+    sync_api.expect(line).to_be_visible(timeout=60_000)
+    assert box.input_value() == ""
+    table = edit.locator(".fit-table")
+    sync_api.expect(table.get_by_role("gridcell", name=direct.hits[0].did, exact=True).first).to_be_visible()
+    rows = table.get_by_role("row")  # the header, then one per hit
+    sync_api.expect(rows).to_have_count(len(direct.hits) + 1)
+    # a thought written by hand: the ranking is that embedding's
+    thought = "It is a picture of an animal resting indoors."
+    written = search_with_cot(services, task, q.text, img, instruction, thought, 10, q.qid)
+    box.fill(thought)
+    edit.get_by_role("button", name="Re-embed with this CoT").click()
+    sync_api.expect(edit.get_by_text(re.compile(
+        rf"Gold rank {ex.gold_rank} → {written.gold_rank} with the edited CoT"))).to_be_visible(timeout=60_000)
+    sync_api.expect(rows.nth(1)).to_contain_text(written.hits[0].did)
+    # a mistake (a chain far too long) is a warning; the last edit's ranking stays
+    box.fill("x" * 2100)
+    edit.get_by_role("button", name="Re-embed with this CoT").click()
+    sync_api.expect(edit.locator(".query-warning")).to_contain_text("too long")
+    sync_api.expect(rows).to_have_count(len(written.hits) + 1)
+    sync_api.expect(rows.nth(1)).to_contain_text(written.hits[0].did)
+    # another query's chain of thought, from the evaluation (or a warning when the task has none)
+    edit.get_by_role("button", name="Another query's CoT").click()
+    try:
+        other = another_cot(services, task, q.qid)
+    except UserError as exc:
+        sync_api.expect(edit.locator(".query-warning")).to_contain_text(str(exc)[:40])
+    else:
+        sync_api.expect(box).to_have_value(other.cot)
+        sync_api.expect(edit.locator(".query-info")).to_contain_text(other.qid, timeout=60_000)
+        sync_api.expect(edit.get_by_text(re.compile(r"Gold rank \d+ → \d+ with the edited CoT"))).to_be_visible()
     assert not page.page_errors, page.page_errors

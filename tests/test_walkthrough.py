@@ -283,7 +283,7 @@ def test_bad_input_is_a_clear_message_and_the_handler_keeps_working(services):
 
 
 def test_examples_are_benchmark_queries_of_the_task(services):
-    from app.usecases import example_queries
+    from app.first_visit import example_queries
 
     t = services.tasks["cirr_task7"]
     ex = example_queries(services, "cirr_task7", 8)  # no evaluation loaded: the first queries, unranked

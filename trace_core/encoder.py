@@ -87,6 +87,18 @@ def prefers_direct(margin, routing_bias):
     return margin + routing_bias > 0
 
 
+def p_emb_with_bias(p_emb, routing_bias):
+    """P(`<|emb|>`) at the first step once `routing_bias` is added to its logit: p·e^b / (p·e^b + 1 - p), from
+    the unbiased `p_emb` (`QueryResult.p_emb`); floats or arrays, as `prefers_direct`. For display: the route
+    follows the margin, not this. e^b never overflows; p = 0 and 1 stay put, NaN stays NaN."""
+    p, b = np.asarray(p_emb, dtype=np.float64), np.asarray(routing_bias, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        odds = p * np.exp(b)  # used for b < 0 only (e^b < 1); b >= 0 divides by e^b instead
+        out = np.where(b >= 0, p / (p + (1 - p) * np.exp(-b)), odds / (odds + 1 - p))
+        out = np.where(p <= 0, 0.0, np.where(p >= 1, 1.0, out))  # NaN compares False: stays NaN
+    return float(out) if out.ndim == 0 else out
+
+
 def _rank(logits: torch.Tensor, token_id: int) -> int:
     """1-based rank of `token_id` among all logits [V] (ties: the lower id ranks first, as a stable sort)."""
     value = logits[token_id]
