@@ -72,6 +72,22 @@ def _run_modes(report: dict) -> dict[str, tuple[str, float]]:
     return out
 
 
+def _complex_reading(report: dict) -> list[str]:
+    """On the complex queries (the report's evidence, when there is one): what reasoning does at each cut-off."""
+    at = ((report.get("evidence") or {}).get("auto_minus_never_at")) or {}
+    parts = []
+    for k, r in at.items():
+        if r.get("diff") is None:
+            continue
+        a, n = 100 * r[f"auto_recall@{k}"], 100 * r[f"never_recall@{k}"]
+        sure = "" if r.get("lo") is None else (" (95% interval above 0)" if r["lo"] > 0 else
+                                                " (95% interval below 0)" if r["hi"] < 0 else " (interval spans 0)")
+        parts.append(f"R@{k} {n:.1f} → {a:.1f}{sure}")
+    if not parts:
+        return []
+    return ["On the complex queries alone, reasoning moves recall from never to auto: " + "; ".join(parts) + "."]
+
+
 def benchmark_reading(report: dict, demo: bool = True) -> str:
     """One paragraph that reads the comparison table: the best run, and whether reasoning helps the loaded
     model on average (auto vs never vs always), computed from the numbers the table shows."""
@@ -107,6 +123,7 @@ def benchmark_reading(report: dict, demo: bool = True) -> str:
 
         lines.append(f"Per pair, auto is above never on {len(up)} of {len(rows)}{listed(up)}, level on {same} and "
                      f"below on {len(down)}{listed(down)}.")
+    lines += _complex_reading(report)
     return " ".join(lines)
 
 

@@ -125,5 +125,5 @@ def example_cell(text: str | None, image: str | None) -> str:
 
 def example_samples(examples: Sequence, image_path: Callable[[str], str | None]) -> list[list[str]]:
     """The rows of an examples table: the query (thumbnail and text) and how the model did on it.
-    `examples` are `usecases.Example`s; `image_path` turns a data-relative path into an absolute one."""
+    `examples` are `first_visit.Example`s; `image_path` turns a data-relative path into an absolute one."""
     return [[example_cell(e.text, image_path(e.image) if e.image else None), e.result] for e in examples]

@@ -19,7 +19,7 @@ from gradio.utils import get_upload_folder
 
 from trace_core.records import REASONING_MODES, InputError
 
-from . import usecases
+from . import first_visit, usecases
 from .display import QUERY_IMAGE, STOP_NOTES, cap_warning
 from .services import Services
 from .usecases import UserError, open_api_image
@@ -232,10 +232,10 @@ def build_map_tab(services: Services) -> None:
         "shows its path from direct to final."
     )
     tasks = services.tasks
-    first = usecases.default_task(services)  # a task that takes a typed query
+    first = first_visit.default_task(services)  # a task that takes a typed query
 
     def placeholder(task_name: str) -> str:
-        ex = next((e for e in usecases.example_queries(services, task_name, 4) if e.text), None)
+        ex = next((e for e in first_visit.example_queries(services, task_name, 4) if e.text), None)
         return f"e.g. {ex.text}" if ex else ""
 
     with gr.Row():

@@ -198,8 +198,9 @@ def build_search_tab(services: Services) -> None:
     gr.set_static_paths([str(services.root.resolve())])  # the examples' thumbnails
     t0 = tasks[first]
     modes_info = "auto: the model decides · always: it must think first · never: it embeds at once"
-    guard_info = ("Stops a chain of thought that loops until the token cap. The benchmark and the analysis tabs "
-                  "use plain greedy decoding (guard off), as in the paper.")
+    guard_info = ("Stops a chain of thought that loops until the token cap. It can also block a repeat the answer "
+                  "needs (an edit names its skin tone twice): on TRACE-mini v2's edits it costs recall. The "
+                  "benchmark and the analysis tabs use plain greedy decoding (guard off), as in the paper.")
     bias_info = ("Added to the <|emb|> logit at the first step: positive favours embedding at once, negative "
                  "favours reasoning. Only matters in mode auto; the examples run with 0, as evaluated.")
     edit_info = ("The query of the search is embedded after this text instead of the model's own thought "

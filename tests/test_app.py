@@ -368,6 +368,8 @@ def test_the_benchmark_reading_follows_the_numbers():
     auto, never = heads["TRACE-mini auto"], heads["never reason"]  # the loaded model's own runs
     assert ("reasoning helps on average" in text) == (auto > never)
     assert ("does not yet help" in text) == (auto <= never)
+    r1 = shipped["evidence"]["auto_minus_never_at"]["1"]  # the complex queries, at each cut-off
+    assert f"R@1 {100 * r1['never_recall@1']:.1f} → {100 * r1['auto_recall@1']:.1f}" in text
 
     def run(mode, a, b):
         return {"model": {"model_id": "m"}, "config": {"reasoning": mode},

@@ -305,6 +305,9 @@ def test_report_v2_end_to_end_and_reuse(tmp_path, monkeypatch):
     assert ev["reason_rates"]["mixed_pairs"] == sorted(fx["pairs"])
     assert set(ev["auto_minus_never"]) == {*fx["pairs"], E.POOLED}
     assert ev["auto_minus_never"][E.POOLED]["n"] == 9  # 3 complex queries in each of 3 pairs
+    # the pooled gain at every cut-off, R@5's equal to the table above
+    assert [int(k) for k in ev["auto_minus_never_at"]] == list(E.KS)
+    assert ev["auto_minus_never_at"]["5"]["diff"] == ev["auto_minus_never"][E.POOLED]["diff"]
     assert set(ev["headline_means"]) == {"auto", "never", "always"}
     # oracle rows: every complex query takes each given CoT; blank CoT equals the never run
     oracle = ev["oracle"]
@@ -329,6 +332,7 @@ def test_report_v2_end_to_end_and_reuse(tmp_path, monkeypatch):
                     "## Does reasoning help complex queries?", "## Oracle CoTs on complex queries",
                     "## Image pairs vs frozen features", "## Routing probe", "## Done when"):
         assert section in md
+    assert "| R@1 |" in md and "| R@10 |" in md  # the gain at each cut-off
 
     # --reuse: nothing is evaluated, encoded or probed again, and the evidence is the same
     monkeypatch.setattr(report, "evaluate", lambda *a, **k: pytest.fail("a finished run was evaluated again"))

@@ -313,6 +313,9 @@ def build_evidence(args: argparse.Namespace, data: Path, work: Path, runs: dict,
         "reason_rates": E.reason_rates(ev_table),
         "cot_stats": E.cot_stats(ev_table),
         "auto_minus_never": E.auto_minus_never(ev_table, 5, "reason", args.bootstrap, args.seed),
+        # the same gain at the other cut-offs: reasoning can sharpen the top (R@1) and still cost R@5 / R@10
+        "auto_minus_never_at": {k: E.auto_minus_never(ev_table, k, "reason", args.bootstrap, args.seed)[E.POOLED]
+                                for k in E.KS if (ev_table["label"] == "reason").any()},
         "headline_means": {m: runs[n]["average"]["headline"] for m, n in heads.items() if n in runs},
     }
     # What a cached oracle / probe / frozen-feature result depends on: the checkpoint, the corpus, the auto run.

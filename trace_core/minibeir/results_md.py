@@ -98,6 +98,14 @@ def evidence_markdown(ev: dict, baseline_name: str | None) -> list[str]:
         diff = "–" if r["diff"] is None else f"{100 * r['diff']:+.1f}"
         md.append(f"| {name} | {r['n']} | {_f(r['auto_recall@5'])} | {_f(r['never_recall@5'])} | {diff} | "
                   f"{interval} |")
+    at = ev.get("auto_minus_never_at") or {}
+    if at:
+        md += ["", "The pooled gain at each cut-off (complex queries, same bootstrap):", "",
+               "| cut-off | auto | never | auto - never | 95% interval |", "|---|---|---|---|---|"]
+        for k, r in at.items():
+            interval = "–" if r["lo"] is None else f"[{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]"
+            diff = "–" if r["diff"] is None else f"{100 * r['diff']:+.1f}"
+            md.append(f"| R@{k} | {_f(r[f'auto_recall@{k}'])} | {_f(r[f'never_recall@{k}'])} | {diff} | {interval} |")
     h = ev["headline_means"]
     md += ["", "Headline mean over pairs (%): " + ", ".join(f"{k} {_f(v)}" for k, v in h.items()) + "."]
 
