@@ -7,6 +7,8 @@
 Sections (see each module's docstring):
 - model (bench/model.py): direct_path_speed_ratio, auto against always, batched generation,
   candidate_overhead and candidate batching.
+- threads (bench/threads.py): candidates/s and CoT tokens/s at 1 and 2 torch threads, alone and beside a
+  competing busy process.
 - search (bench/search.py): faiss exact search against numpy for growing pools; HNSW recall@10 and speed-up.
 - serving (bench/serving.py): `python app.py` start-up time, peak memory, and a load test of concurrent
   gradio_client clients mixing search, compare and map requests.
@@ -30,7 +32,7 @@ from bench.common import table  # noqa: E402
 from trace_core import EncoderConfig, load_model  # noqa: E402
 from trace_core.atomic import atomic_file  # noqa: E402
 
-SECTIONS = ("model", "search", "serving")
+SECTIONS = ("model", "threads", "search", "serving")
 
 
 def main(argv=None) -> int:
@@ -63,6 +65,13 @@ def main(argv=None) -> int:
         results["model_id"] = encoder.fingerprint["model_id"]
         results["model"] = model_bench.run(encoder, Path(args.data), n, repeats, bs)
         print(table([{"figure": k, "value": v} for k, v in results["model"].items()], "== model"))
+        del encoder
+    if "threads" in sections:
+        from bench import threads as threads_bench
+
+        encoder = load_model(args.model)
+        results["threads"] = threads_bench.run(encoder, Path(args.data), 16 if args.quick else 32, 3 if args.quick else 5)
+        print(table(results["threads"], "== threads: 1 and 2 torch threads, alone and beside a busy process"))
         del encoder
     if "search" in sections:
         from bench import search as search_bench

@@ -167,6 +167,18 @@ def test_build_analysis_evaluates_once_and_caches_by_fingerprint(services, tmp_p
     assert len(loaded.queries) == 18 and set(loaded.benchmark["pairs"]) == set(services.tasks)
 
 
+def test_app_py_refuses_fewer_than_one_thread(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("app_main", Path(__file__).resolve().parents[1] / "app.py")
+    app_main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app_main)
+    with pytest.raises(SystemExit) as exit_:
+        app_main.main(["--threads", "0"])
+    assert exit_.value.code == 2 and "--threads must be at least 1" in capsys.readouterr().err
+
+
 def test_the_use_cases_hold_no_gradio():
     """The app's logic (usecases.py, services.py) imports without Gradio: the tabs are its only users of it."""
     import subprocess
