@@ -32,19 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("app.ship")
 
 
-def _gold_ranks(embeddings: np.ndarray, ids: list[str], queries: np.ndarray, gold: list[str]) -> np.ndarray:
-    """1-based rank of each query's gold candidate among `embeddings` (ties counted against the gold)."""
-    pos = {d: i for i, d in enumerate(ids)}
-    scores = queries @ embeddings.T  # [Q, N]
-    own = scores[np.arange(len(gold)), [pos[g] for g in gold]]
-    return 1 + (scores > own[:, None]).sum(axis=1)
-
-
 def half_precision_check(index, pair: str, table: pd.DataFrame | None, folder: Path) -> dict:
     """Does storing this index as float16 change any benchmark query's gold rank? Compares the ranks from
     the float32 and the float16-rounded embeddings, for the direct and the final query embeddings."""
-    full = index.embeddings
-    half = full.astype(np.float16).astype(np.float32)
+    from trace_core.index import CandidateIndex
+
+    half = CandidateIndex(index.ids, index.embeddings.astype(np.float16).astype(np.float32), None, index.manifest)
     npz_path = folder / f"{pair}.npz"
     if table is None or not npz_path.is_file():
         return {"queries": 0, "changed": None}
@@ -55,8 +48,7 @@ def half_precision_check(index, pair: str, table: pd.DataFrame | None, folder: P
         take = [pos[q] for q in rows["qid"]]
         vectors = [npz["direct"][take], npz["final"][take]]
     gold = list(rows["gold_did"])
-    changed = sum(int((_gold_ranks(full, index.ids, q, gold) != _gold_ranks(half, index.ids, q, gold)).sum())
-                  for q in vectors)
+    changed = sum(int((index.ranks_of(q, gold)[0] != half.ranks_of(q, gold)[0]).sum()) for q in vectors)
     return {"queries": len(gold), "changed": changed}
 
 
