@@ -19,7 +19,8 @@ import hashlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +83,18 @@ def pool_index(
     config: IndexConfig = IndexConfig(),
     progress: bool = True,
     shipped: Sequence[str | os.PathLike] = (),
-) -> CandidateIndex:
+    build: bool = True,
+    lock: AbstractContextManager | None = None,
+    report: Callable[[int, int], None] | None = None,
+) -> CandidateIndex | None:
     """The pool's index: loaded from the cache when it matches, otherwise embedded, built and cached.
 
     `shipped`: read-only folders laid out like the cache (the app's `assets/cache`), looked in first; an index
-    there counts only when its manifest matches this encoder and pool, like a cached one."""
+    there counts only when its manifest matches this encoder and pool, like a cached one.
+    `build=False`: only look (None when nothing usable is there), so a server can answer before it builds.
+    `lock`, `report`: a server building in the background embeds in chunks of ENCODE_CHUNK candidates, each
+    under `lock` (the model's, so that searches get the model between chunks), and calls report(done, total)
+    after each."""
     expected = expected_manifest(encoder, pool)
     path = cache_path(cache_dir, pool_name, expected)
     for folder in shipped:
@@ -119,8 +127,13 @@ def pool_index(
         index.save(path)  # a copy of its own: a later change to either pool must not touch the other
         log.info("%s has the same candidates as %s: reused its index", pool_name, other.name)
         return index
+    if not build:
+        return None
     cands = [to_candidate(c, root) for c in pool]
-    embeddings = encoder.encode_candidates(cands, progress=progress)
+    if lock is None and report is None:
+        embeddings = encoder.encode_candidates(cands, progress=progress)
+    else:
+        embeddings = encode_in_chunks(encoder, cands, lock, report)
     index = CandidateIndex.build(
         [c.did for c in pool],
         embeddings,
@@ -136,6 +149,23 @@ def pool_index(
         log.info("%s: approximate index recall@10 vs exact search: %.3f", pool_name, index.recall_vs_exact(probe))
     index.save(path)
     return index
+
+
+ENCODE_CHUNK = 32  # candidates per chunk when building beside a server (a few seconds of model time on CPU)
+
+
+def encode_in_chunks(encoder: Encoder, cands: Sequence[Candidate], lock: AbstractContextManager | None,
+                     report: Callable[[int, int], None] | None, chunk: int = ENCODE_CHUNK) -> np.ndarray:
+    """`encode_candidates` chunk by chunk, each chunk under `lock`, calling report(done, total) after each.
+
+    Rows of a candidate batch do not interact, so the embeddings are the ones one call would give."""
+    parts = []
+    for start in range(0, len(cands), chunk):
+        with lock if lock is not None else nullcontext():
+            parts.append(encoder.encode_candidates(cands[start : start + chunk], progress=False))
+        if report is not None:
+            report(min(start + chunk, len(cands)), len(cands))
+    return np.concatenate(parts) if parts else encoder.encode_candidates(cands, progress=False)
 
 
 # ------------------------------------------------------------------------------------------ CLI

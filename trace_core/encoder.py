@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -38,13 +38,12 @@ from .records import (
     Query,
     QueryResult,
     ReasoningMode,
-    Route,
-    TokenScore,
     check_no_repeat_ngram,
     check_reasoning,
     check_routing_bias,
     load_image,
 )
+from .routing import decide_route, p_emb_with_bias, prefers_direct  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -75,82 +74,6 @@ class Encoder(Protocol):
                           progress: bool = False) -> np.ndarray:
         """Candidate embeddings [N, D] float32, L2-normalised."""
         ...
-
-
-# ------------------------------------------------------------------------------------------ the route decision
-def prefers_direct(margin, routing_bias):
-    """The routing rule: `<|emb|>` wins the first step exactly when margin + bias > 0 (a tie reasons).
-
-    `margin` is the first-step logit of `<|emb|>` minus the best other non-stop logit (`FirstStep.margin`,
-    `QueryResult.emb_margin`); floats or arrays, so a bias sweep replays the decision from stored margins.
-    """
-    return margin + routing_bias > 0
-
-
-def p_emb_with_bias(p_emb, routing_bias):
-    """P(`<|emb|>`) at the first step once `routing_bias` is added to its logit: p·e^b / (p·e^b + 1 - p), from
-    the unbiased `p_emb` (`QueryResult.p_emb`); floats or arrays, as `prefers_direct`. For display: the route
-    follows the margin, not this. e^b never overflows; p = 0 and 1 stay put, NaN stays NaN."""
-    p, b = np.asarray(p_emb, dtype=np.float64), np.asarray(routing_bias, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        odds = p * np.exp(b)  # used for b < 0 only (e^b < 1); b >= 0 divides by e^b instead
-        out = np.where(b >= 0, p / (p + (1 - p) * np.exp(-b)), odds / (odds + 1 - p))
-        out = np.where(p <= 0, 0.0, np.where(p >= 1, 1.0, out))  # NaN compares False: stays NaN
-    return float(out) if out.ndim == 0 else out
-
-
-def _rank(logits: torch.Tensor, token_id: int) -> int:
-    """1-based rank of `token_id` among all logits [V] (ties: the lower id ranks first, as a stable sort)."""
-    value = logits[token_id]
-    return 1 + int((logits > value).sum()) + int((logits[:token_id] == value).sum())
-
-
-def decide_route(
-    logits: torch.Tensor,
-    emb_token_id: int,
-    stop_token_ids: Collection[int],
-    reasoning: ReasoningMode = "auto",
-    routing_bias: float = 0.0,
-    can_reason: bool = True,
-    top: int = 10,
-) -> FirstStep:
-    """The route of one query from its first-step logits [V] (a pure function: the encoder's only decision).
-
-    The first step chooses between embedding now (`<|emb|>`) and starting a CoT with the best other token;
-    ending the turn (a stop token) is not an option. `<|emb|>` wins when margin + routing_bias > 0. Then the
-    reasoning mode overrides: "never" (or a style that cannot reason) is direct, "always" reasons. `top` next
-    tokens are recorded for display (0 for none).
-    """
-    check_reasoning(reasoning)
-    routing_bias = check_routing_bias(routing_bias)
-    logits = logits.detach().float().cpu()
-    vocab = int(logits.shape[0])
-    probs = torch.softmax(logits, dim=-1)
-
-    def score(token_id: int, rank: int | None = None) -> TokenScore:
-        rank = _rank(logits, token_id) if rank is None else rank
-        return TokenScore(rank, token_id, float(probs[token_id]), float(logits[token_id]))
-
-    others = logits.clone()
-    others[[emb_token_id, *stop_token_ids]] = -torch.inf
-    best = score(int(others.argmax()))  # argmax: the lowest id among equal logits
-    margin = float(logits[emb_token_id] - others[best.token_id])
-    direct = bool(prefers_direct(margin, routing_bias))
-    if reasoning == "never" or not can_reason:
-        route: Route = "direct"
-    elif reasoning == "always":
-        route = "reason"
-    else:
-        route = "direct" if direct else "reason"
-    n = min(max(int(top), 0), vocab)
-    values, ids = torch.topk(logits, n) if n else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
-    order = [t for _, t in sorted(zip(values.tolist(), ids.tolist(), strict=True), key=lambda x: (-x[0], x[1]))]
-    return FirstStep(
-        top=tuple(score(t, r) for r, t in enumerate(order, start=1)), vocab_size=vocab,
-        emb_token_id=emb_token_id, emb_rank=_rank(logits, emb_token_id), p_emb=float(probs[emb_token_id]),
-        emb_logit=float(logits[emb_token_id]), best_other=best, margin=margin, routing_bias=routing_bias,
-        reasoning=reasoning, can_reason=can_reason, prefers_direct=direct, route=route,
-    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +115,39 @@ def _greedy(logits: torch.Tensor, toks: list[int], no_repeat_ngram: int) -> int:
             logits = logits.clone()
             logits[torch.tensor(sorted(blocked))] = float("-inf")
     return int(logits.argmax())
+
+
+class CotStream:
+    """One query's decoding events as a visitor reads them: `CotDelta`s of new text, then the `QueryResult`."""
+
+    def __init__(self, decode):
+        self.decode = decode  # token ids -> text (the backbone's tokenizer)
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def feed(self, ev: _Event) -> Iterator[CotDelta | QueryResult]:
+        if ev.kind == "token":
+            self.tokens.append(ev.token)
+            text = self.decode(self.tokens)
+            # Byte-level BPE can end mid-character; hold the tail back until it decodes cleanly.
+            if text.startswith(self.shown) and not text.endswith("\ufffd") and len(text) > len(self.shown):
+                yield CotDelta(text[len(self.shown) :], len(self.tokens))
+                self.shown = text
+        elif ev.kind == "done":
+            final = ev.result
+            if final.cot.startswith(self.shown) and len(final.cot) > len(self.shown):
+                yield CotDelta(final.cot[len(self.shown) :], final.cot_tokens)
+            yield final
+
+
+def _per_row(value, n: int, name: str) -> list:
+    """One setting per query: a str, number or None is shared by the batch; a sequence must have n items."""
+    if value is None or isinstance(value, (str, int, float)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise InputError(f"{name}: {len(values)} values for {n} queries")
+    return values
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
@@ -260,38 +216,34 @@ class TraceEncoder:
         With `first_step=True` the query's `FirstStep` (the routing decision, with its `top_tokens` most likely
         next tokens) comes first, as soon as the prefill is done.
         """
-        tokens: list[int] = []
-        shown = ""
+        deltas = CotStream(self.backbone.decode)
         for ev in self._run([query], reasoning, routing_bias, top_tokens, no_repeat_ngram):
             if ev.kind == "first":
                 if first_step:
                     yield ev.first
-            elif ev.kind == "token":
-                tokens.append(ev.token)
-                text = self.backbone.decode(tokens)
-                # Byte-level BPE can end mid-character; hold the tail back until it decodes cleanly.
-                if text.startswith(shown) and not text.endswith("\ufffd") and len(text) > len(shown):
-                    yield CotDelta(text[len(shown) :], len(tokens))
-                    shown = text
             else:
-                final = ev.result
-                if final.cot.startswith(shown) and len(final.cot) > len(shown):
-                    yield CotDelta(final.cot[len(shown) :], final.cot_tokens)
-                yield final
+                yield from deltas.feed(ev)
 
-    def _run(self, queries: list[Query], reasoning: ReasoningMode, bias: float,
-             top_tokens: int | None = None, no_repeat_ngram: int | None = None) -> Iterator[_Event]:
-        """The TRACE decoding loop for one batch; yields first steps, generated tokens and finished results."""
-        check_reasoning(reasoning)
-        bias = check_routing_bias(bias)
-        guard = check_no_repeat_ngram(self.config.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram)
+    def _run(self, queries: list[Query], reasoning: ReasoningMode | Sequence[ReasoningMode],
+             bias: float | Sequence[float], top_tokens: int | None = None,
+             no_repeat_ngram: int | None | Sequence[int | None] = None) -> Iterator[_Event]:
+        """The TRACE decoding loop for one batch; yields first steps, generated tokens and finished results.
+
+        `reasoning`, `bias` and `no_repeat_ngram` are one value for the whole batch or one per query: queries of
+        different visitors, each with its own settings, share one prefill and one batched decode
+        (`trace_core.batcher`)."""
+        n = len(queries)
+        modes = [check_reasoning(m) for m in _per_row(reasoning, n, "reasoning")]
+        biases = [check_routing_bias(b) for b in _per_row(bias, n, "routing_bias")]
+        guards = [check_no_repeat_ngram(self.config.no_repeat_ngram if g is None else g)
+                  for g in _per_row(no_repeat_ngram, n, "no_repeat_ngram")]
         bb, emb = self.backbone, self.backbone.emb_token_id
         top = self.config.top_tokens if top_tokens is None else top_tokens
         t0 = time.perf_counter()
         prompts = [self.render_query(q) for q in queries]
         out = bb.prefill(prompts, with_logits=True)  # hidden [B, H], logits [B, V]
-        steps = [decide_route(row, emb, bb.stop_token_ids, reasoning, bias, self.style.can_reason, top)
-                 for row in out.logits.float().cpu()]
+        steps = [decide_route(row, emb, bb.stop_token_ids, modes[i], biases[i], self.style.can_reason, top)
+                 for i, row in enumerate(out.logits.float().cpu())]
         for i, step in enumerate(steps):
             yield _Event("first", i, first=step)
         direct = torch.tensor([s.route == "direct" for s in steps])  # [B]
@@ -310,10 +262,10 @@ class TraceEncoder:
                 embedding=_normalise(hidden[None])[0],  # hidden: [H]
                 direct_embedding=direct_emb[i],
                 latency_s=time.perf_counter() - t0,
-                reasoning=reasoning,
-                routing_bias=bias,
+                reasoning=modes[i],
+                routing_bias=biases[i],
                 first_step=steps[i],
-                no_repeat_ngram=guard,
+                no_repeat_ngram=guards[i],
             )
 
         pool_emb_token = self.style.pooling == "emb_token"
@@ -341,7 +293,7 @@ class TraceEncoder:
                     yield _Event("done", i, result=result(i, hidden[j], toks[i], pending.pop(i)))
                     continue
                 # The first token is the decision's (`<|emb|>` or the CoT's first token); then greedy decoding.
-                nxt = steps[i].first_token if first_step else _greedy(logits[j], toks[i], guard)
+                nxt = steps[i].first_token if first_step else _greedy(logits[j], toks[i], guards[i])
                 if nxt == emb:
                     if pool_emb_token:
                         pending[i] = "direct" if first_step else "emb"

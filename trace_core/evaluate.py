@@ -180,6 +180,7 @@ def evaluate(encoder: Encoder, root: Path, split: str, pairs: str, out: Path, cf
     always = {p: m.pop("always") for p, m in per_pair.items() if "always" in m}
     results = {
         "model": encoder.fingerprint,
+        "precision": getattr(getattr(encoder, "backbone", None), "precision", "fp32"),  # baselines: no backbone
         "split": split,
         "config": {k: v for k, v in cfg.__dict__.items() if k != "cache_dir"},
         "pairs": per_pair,
@@ -239,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--pairs", default="all", help="'all' or comma-separated names, e.g. cirr_task7")
     parser.add_argument("--model", required=True, help="checkpoint directory (or hub id when online)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                        help="int8: TRACE-mini's LM with int8 weights (dynamic quantisation, CPU)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--reasoning", default="auto", choices=REASONING_MODES)
     parser.add_argument("--routing-bias", type=float, default=0.0)
@@ -274,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not root.is_dir():
             raise FileNotFoundError(f"--mbeir-dir {root} is not a directory")
         encoder = load_model(args.model, style=args.style, device=args.device,
-                             trust_remote_code=args.trust_remote_code)
+                             trust_remote_code=args.trust_remote_code, precision=args.precision)
         results = evaluate(encoder, root, args.split, args.pairs, Path(args.out), cfg)
     except (ValueError, KeyError, FileNotFoundError, ModelNotFoundError, InputError, CorruptIndexError,
             IndexMismatchError) as exc:

@@ -33,16 +33,20 @@ def load_model(
     device: str | None = None,
     config: EncoderConfig = EncoderConfig(),
     trust_remote_code: bool = False,
+    precision: str = "fp32",
 ) -> Encoder:
     """Load an encoder from a local checkpoint directory (or a hub id when the network allows it).
 
     style: a name from `trace_core.prompts.STYLES` or a `PromptStyle`; by default the checkpoint's own
     `trace_style.json`, else guessed from its special tokens.
+    precision: "fp32", or "int8" for TRACE-mini on CPU (`backbones.mini.quantise_lm`).
     """
     name = os.fspath(name_or_path)
     if name == "minilm-bridge":  # the zero-shot dual-encoder baseline (trace_core/baselines.py)
         from .baselines import BridgeEncoder
 
+        if precision != "fp32":
+            raise ValueError("the minilm-bridge baseline runs in fp32 only")
         return BridgeEncoder(device=device)
     if isinstance(style, str):
         if style not in STYLES:
@@ -69,9 +73,11 @@ def load_model(
 
         if style is not None:
             raise ValueError("TRACE-mini has its own prompt style; --style applies to Qwen-VL checkpoints")
-        backbone = MiniBackbone.from_pretrained(path, device=device)
+        backbone = MiniBackbone.from_pretrained(path, device=device, precision=precision)
         log.info("loaded TRACE-mini from %s", path)
         return TraceEncoder(backbone, config)
+    if precision != "fp32":
+        raise ValueError(f"precision {precision!r} is for TRACE-mini; Qwen-VL checkpoints load in their own dtype")
     if model_type is not None and model_type not in QWEN_VL_TYPES:
         supported = ", ".join((*QWEN_VL_TYPES, MINI_TYPE))
         raise ValueError(f"{name}: unsupported model type {model_type!r}; supported: {supported}")

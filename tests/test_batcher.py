@@ -1,0 +1,215 @@
+"""The micro-batching queue: concurrent visitors share a batch, and each gets exactly what a call alone gives."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import trace_core
+from trace_core import CotDelta, EncoderConfig, InputError, Query, QueryResult
+from trace_core.batcher import MicroBatcher
+
+INSTR = "Find me an everyday image that matches the given caption."
+
+
+@pytest.fixture()
+def encoder(tiny_qwen_dir):
+    return trace_core.load_model(tiny_qwen_dir, config=EncoderConfig(max_cot_tokens=6))
+
+
+def _queries() -> list[Query]:
+    texts = ["a dog sleeping on a red sofa", "a window", "sofa", "two cats on a wall at night", "a red car",
+             "make the sky purple and add a moon"]
+    out = [Query(text=t, instruction=INSTR, qid=f"q{i}") for i, t in enumerate(texts)]
+    out.append(Query(text="make it blue", image=Image.new("RGB", (64, 48), (10, 200, 30)), instruction=INSTR,
+                     qid="q-img"))
+    return out
+
+
+# Each visitor's own settings: modes, biases and guards differ inside one batch.
+SETTINGS = [("auto", 0.0, None), ("always", 0.0, 2), ("never", 0.0, None), ("auto", -50.0, None),
+            ("always", 1.5, None), ("auto", 50.0, 0), ("always", 0.0, None)]
+
+
+def _concurrently(batcher: MicroBatcher, queries, settings) -> list[list]:
+    """Every query streamed from its own thread, all released at once; each thread's events, in order."""
+    out: list[list] = [[] for _ in queries]
+    start = threading.Barrier(len(queries))
+
+    def visit(i: int) -> None:
+        mode, bias, guard = settings[i]
+        start.wait()
+        out[i] = list(batcher.stream(queries[i], mode, bias, no_repeat_ngram=guard))
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return out
+
+
+def test_concurrent_queries_share_batches_and_match_calls_alone(encoder):
+    queries = _queries()
+    alone = [list(encoder.stream_query(q, m, b, no_repeat_ngram=g)) for q, (m, b, g) in zip(queries, SETTINGS,
+                                                                                             strict=True)]
+    batcher = MicroBatcher(encoder, threading.Lock(), window_s=0.5, max_batch=16)
+    together = _concurrently(batcher, queries, SETTINGS)
+    assert batcher.stats.queries == len(queries)
+    assert batcher.stats.batches < len(queries), "concurrent queries were not batched"
+    routes = set()
+    for a, b in zip(alone, together, strict=True):
+        fa, fb = a[-1], b[-1]
+        assert isinstance(fb, QueryResult)
+        routes.add(fb.route)
+        assert (fb.route, fb.cot_token_ids, fb.stop_reason, fb.reasoning, fb.routing_bias, fb.no_repeat_ngram) == \
+            (fa.route, fa.cot_token_ids, fa.stop_reason, fa.reasoning, fa.routing_bias, fa.no_repeat_ngram)
+        np.testing.assert_allclose(fb.embedding, fa.embedding, atol=1e-4)
+        np.testing.assert_allclose(fb.direct_embedding, fa.direct_embedding, atol=1e-4)
+        # The visitor reads their own chain of thought as it is written, in the same pieces as alone.
+        assert [(d.text, d.n_tokens) for d in b if isinstance(d, CotDelta)] == \
+            [(d.text, d.n_tokens) for d in a if isinstance(d, CotDelta)]
+    assert routes == {"direct", "reason"}
+
+
+def test_first_step_is_sent_only_to_who_asked(encoder):
+    batcher = MicroBatcher(encoder, window_s=0.0)
+    q = _queries()[0]
+    with_first = list(batcher.stream(q, "auto", first_step=True))
+    without = list(batcher.stream(q, "auto"))
+    assert type(with_first[0]).__name__ == "FirstStep" and with_first[0].route == with_first[-1].route
+    assert not any(type(e).__name__ == "FirstStep" for e in without)
+
+
+def test_a_bad_query_fails_alone_and_the_batcher_keeps_serving(encoder, tmp_path):
+    batcher = MicroBatcher(encoder, window_s=0.0)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InputError):
+        list(batcher.stream(Query(text="x", image=str(bad), instruction=INSTR), "auto"))
+    with pytest.raises(InputError):
+        list(batcher.stream(_queries()[0], "sometimes"))
+    assert batcher.encode(_queries()[1], "never").route == "direct"
+
+
+def test_a_failing_batch_reaches_every_waiting_visitor(encoder):
+    """A model error inside a batch must reach each of its visitors as an exception, never a hang."""
+    batcher = MicroBatcher(encoder, window_s=0.0)
+    real = encoder._run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    encoder._run = broken
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            list(batcher.stream(_queries()[0], "auto"))
+    finally:
+        encoder._run = real
+    assert isinstance(batcher.encode(_queries()[0], "always"), QueryResult)
+
+
+def test_per_row_settings_are_checked(encoder):
+    with pytest.raises(InputError):
+        encoder.encode_queries(_queries()[:2], reasoning="auto", routing_bias=float("nan"))
+    with pytest.raises(InputError, match="2 values for 3 queries"):
+        list(encoder._run(_queries()[:3], ["auto", "never"], 0.0))
+
+
+def test_searches_of_concurrent_visitors_go_through_one_batch_with_the_same_hits(tmp_path):
+    from app.usecases import search
+    from tests.app_fixture import build_services
+
+    services = build_services(tmp_path, with_analysis=False)
+    task = next(t for t in services.tasks.values() if t.takes_text and not t.takes_image)
+    texts = [q.text for q in task.queries if q.text][:6]
+    modes = ["auto", "always", "never", "auto", "always", "never"][: len(texts)]
+    alone = [search(services, task.name, t, None, None, m, 5) for t, m in zip(texts, modes, strict=True)]
+    assert services.start_batching(window_s=0.5)
+    together: list = [None] * len(texts)
+    start = threading.Barrier(len(texts))
+
+    def visit(i: int) -> None:
+        start.wait()
+        together[i] = search(services, task.name, texts[i], None, None, modes[i], 5)
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert services.batcher.stats.largest > 1
+    for a, b in zip(alone, together, strict=True):
+        assert [h.did for h in b.hits] == [h.did for h in a.hits]
+        np.testing.assert_allclose([h.score for h in b.hits], [h.score for h in a.hits], atol=1e-4)
+        assert b.result.cot == a.result.cot and b.result.route == a.result.route
+    assert not services.model_lock.locked()
+
+
+def test_the_served_search_api_batches_concurrent_clients(tmp_path):
+    """Through Gradio: search events may run together when the batcher is on, and they meet in one batch."""
+    from gradio_client import Client
+
+    from app.ui import build_app
+    from tests.app_fixture import build_services
+
+    services = build_services(tmp_path, with_analysis=False)
+    assert services.start_batching(window_s=1.0, max_batch=8)
+    task = next(t for t in services.tasks.values() if t.takes_text and not t.takes_image)
+    texts = [q.text for q in task.queries if q.text][:4]
+    demo = build_app(services)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        clients = [Client(url, verbose=False) for _ in texts]
+        out: list = [None] * len(texts)
+        start = threading.Barrier(len(texts))
+
+        def visit(i: int) -> None:
+            start.wait()
+            out[i] = clients[i].predict(texts[i], None, task.name, "always", 3, api_name="/search")
+
+        threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert all(o is not None and len(o["hits"]) == 3 and o["route"] == "reason" for o in out)
+        assert services.batcher.stats.queries == len(texts)
+        assert services.batcher.stats.largest > 1, "Gradio ran the searches one at a time"
+    finally:
+        demo.close()
+
+
+def test_a_direct_query_does_not_wait_for_its_batch_s_chains_of_thought(encoder):
+    batcher = MicroBatcher(encoder, window_s=0.5)
+    q = _queries()
+    done: dict[str, float] = {}
+    start = threading.Barrier(2)
+
+    def visit(name: str, query, mode: str) -> None:
+        start.wait()
+        for _ in batcher.stream(query, mode):
+            pass
+        done[name] = time.perf_counter()
+
+    slow = threading.Thread(target=visit, args=("always", q[0], "always"))
+    fast = threading.Thread(target=visit, args=("never", q[1], "never"))
+    real = encoder.backbone.step
+
+    def slow_step(*args, **kwargs):  # each decoding step takes a visible while; the prefill does not
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    encoder.backbone.step = slow_step
+    try:
+        slow.start(), fast.start()
+        slow.join(60), fast.join(60)
+    finally:
+        encoder.backbone.step = real
+    assert batcher.stats.largest == 2
+    assert done["always"] - done["never"] > 0.5  # the direct one left at the prefill, before 6 slow steps

@@ -1,0 +1,157 @@
+"""Micro-batching in front of the encoder: queries that arrive together share one prefill and one decode.
+
+A served model gets its queries one visitor at a time. Run one by one, 16 visitors wait for 16 prefills and 16
+chains of thought in turn; the encoder's decoding loop (`TraceEncoder._run`) already takes a batch, with each
+query's own reasoning mode, routing bias and repetition guard, and batched decoding costs far less than the sum
+of its rows. `MicroBatcher` is the queue between the two: a request waits at most `window_s` for others to join,
+then one worker thread runs the whole group through the model while holding the model lock, and hands every
+event back to the request it belongs to, so each visitor still reads their own chain of thought as it is
+written (`stream` yields the same `CotDelta`s and `QueryResult` as `TraceEncoder.stream_query`).
+
+Requests that arrive while a batch runs wait for the next one (no joining mid-decode): simple, and the queue is
+never longer than one batch's run. A query's stream ends with its own result: a direct query leaves its batch
+at the prefill, without waiting for the others' chains of thought.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+from .encoder import CotStream
+from .records import (
+    CotDelta,
+    FirstStep,
+    Query,
+    QueryResult,
+    check_no_repeat_ngram,
+    check_reasoning,
+    check_routing_bias,
+)
+
+log = logging.getLogger(__name__)
+
+_END = object()  # marks the end of a request's events
+
+
+@dataclass
+class _Request:
+    query: Query
+    reasoning: str
+    bias: float
+    no_repeat_ngram: int | None
+    first_step: bool
+    events: queue.Queue = field(default_factory=queue.Queue)  # what `stream` yields, then _END
+
+
+@dataclass
+class BatchStats:
+    """What the batcher has done, for bench and tests: how many batches, of how many queries."""
+
+    batches: int = 0
+    queries: int = 0
+    largest: int = 0
+
+
+class MicroBatcher:
+    """Collects concurrent `stream` calls into batches for one encoder (see the module docstring).
+
+    `lock`: held around each batch's model calls, the same lock every other model call of the app takes (the
+    model runs one call at a time on CPU). `window_s`: how long the first request of a batch waits for others;
+    `max_batch`: the most queries one batch takes (the rest wait for the next).
+    """
+
+    def __init__(self, encoder, lock: AbstractContextManager | None = None, window_s: float = 0.02,
+                 max_batch: int = 16):
+        if window_s < 0 or max_batch < 1:
+            raise ValueError("window_s must be >= 0 and max_batch >= 1")
+        self.encoder = encoder
+        self.lock = lock if lock is not None else nullcontext()
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self.stats = BatchStats()
+        self._pending: queue.Queue[_Request] = queue.Queue()
+        self._worker = threading.Thread(target=self._serve, name="trace-batcher", daemon=True)
+        self._worker.start()
+
+    def stream(self, query: Query, reasoning: str = "auto", routing_bias: float = 0.0, *,
+               first_step: bool = False, no_repeat_ngram: int | None = None
+               ) -> Iterator[FirstStep | CotDelta | QueryResult]:
+        """Like `TraceEncoder.stream_query`, but the query may share its batch with other visitors' queries.
+        Bad settings raise here, in the caller's thread, before anything is queued."""
+        req = _Request(query, check_reasoning(reasoning), check_routing_bias(routing_bias),
+                       None if no_repeat_ngram is None else check_no_repeat_ngram(no_repeat_ngram), first_step)
+        # A query that cannot be rendered (a corrupt image) must fail alone, not take its batch down with it.
+        self.encoder.render_query(query)
+        self._pending.put(req)
+        while True:
+            item = req.events.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def encode(self, query: Query, reasoning: str = "auto", routing_bias: float = 0.0,
+               no_repeat_ngram: int | None = None) -> QueryResult:
+        *_, last = self.stream(query, reasoning, routing_bias, no_repeat_ngram=no_repeat_ngram)
+        return last
+
+    @staticmethod
+    def supports(encoder) -> bool:
+        """Whether `encoder` runs the batched TRACE decoding loop (a `TraceEncoder`; baselines do not)."""
+        return callable(getattr(encoder, "_run", None)) and hasattr(encoder, "backbone")
+
+    # ------------------------------------------------------------------------------------------ the worker
+    def _collect(self) -> list[_Request]:
+        batch = [self._pending.get()]  # blocks until a request arrives
+        deadline = time.perf_counter() + self.window_s
+        while len(batch) < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                batch.append(self._pending.get(timeout=left) if left > 0 else self._pending.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._collect()
+            ended: set[int] = set()
+            try:
+                with self.lock:
+                    self._run(batch, ended)
+            except BaseException as exc:  # noqa: BLE001 - every waiting visitor must hear of it, not hang
+                log.exception("batch of %d queries failed", len(batch))
+                for i, req in enumerate(batch):
+                    if i not in ended:
+                        req.events.put(exc)
+            for i, req in enumerate(batch):
+                if i not in ended:
+                    req.events.put(_END)
+
+    def _run(self, batch: list[_Request], ended: set[int]) -> None:
+        """One batch through the decoding loop. A query's stream ends as soon as its result is out (a direct
+        query does not wait for the others' chains of thought); `ended` collects those rows."""
+        self.stats.batches += 1
+        self.stats.queries += len(batch)
+        self.stats.largest = max(self.stats.largest, len(batch))
+        streams = [CotStream(self.encoder.backbone.decode) for _ in batch]
+        events = self.encoder._run([r.query for r in batch], [r.reasoning for r in batch],
+                                   [r.bias for r in batch], None, [r.no_repeat_ngram for r in batch])
+        for ev in events:
+            req = batch[ev.row]
+            if ev.kind == "first":
+                if req.first_step:
+                    req.events.put(ev.first)
+            else:
+                for item in streams[ev.row].feed(ev):
+                    req.events.put(item)
+                if ev.kind == "done":
+                    req.events.put(_END)
+                    ended.add(ev.row)
