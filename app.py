@@ -37,12 +37,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads while serving (default 1: on a shared 2-vCPU machine, 2 threads decode a "
                              "chain of thought 3.5x slower beside a busy process and only 9%% faster alone; "
                              "bench/threads.py). Loading and building caches use torch's default")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                        help="int8: TRACE-mini's output head in int8 (faster chain-of-thought decoding; embeddings "
+                             "unchanged; bench --sections precision measures speed and recall)")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0,
+                        help="searches that arrive within this many ms share one batch through the model "
+                             "(micro-batching; bench --sections serving measures 1, 4 and 16 clients)")
+    parser.add_argument("--max-batch", type=int, default=16, help="most searches in one batch")
+    parser.add_argument("--no-batching", action="store_true", help="run every search alone, one at a time")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.batch_window_ms < 0 or args.max_batch < 1:
+        parser.error("--batch-window-ms must be >= 0 and --max-batch >= 1")
     # Converted weights live beside the index cache, whatever folder the app is started from.
     os.environ.setdefault("TRACE_CACHE", str(Path(args.cache_dir).parent))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -55,15 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     benchmark = args.benchmark or Path(args.model) / "results.json"
     analysis = args.analysis or Path(args.model) / "queries.parquet"
     try:
-        encoder = load_model(args.model)
+        encoder = load_model(args.model, precision=args.precision)
+        job = None
         if args.build_analysis and not Path(analysis).is_file():
-            benchmark, analysis = build_analysis(encoder, args)
+            done = analysis_folder(encoder, args)
+            if (done / "queries.parquet").is_file():  # evaluated by an earlier start
+                benchmark, analysis = done / "results.json", done / "queries.parquet"
+            else:
+                job = lambda lent: build_analysis(lent, args)  # noqa: E731 - run by the background build
+        # The page answers as soon as the model is loaded and the pools are read: indexes, the evaluation and
+        # the map that are neither shipped nor cached are built in the background, with progress in the page.
         services = Services.load(args.model, args.mbeir_dir, args.split, args.cache_dir, benchmark,
                                  analysis=analysis, embedding_map=not args.no_map, encoder=encoder,
-                                 shipped=[args.shipped_cache] if args.shipped_cache else [])
+                                 shipped=[args.shipped_cache] if args.shipped_cache else [], background=True,
+                                 analysis_job=job)
     except (ValueError, FileNotFoundError, ModelNotFoundError, CorruptIndexError, IndexMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.no_batching:
+        services.start_batching(args.batch_window_ms / 1000, args.max_batch)
     demo = build_app(services)
     import torch
 
@@ -71,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css())
     return 0
+
+
+def analysis_folder(encoder, args) -> Path:
+    """Where the evaluation of --build-analysis is cached: by model fingerprint and split."""
+    fp = encoder.fingerprint
+    return Path(args.cache_dir).parent / "analysis" / f"{Path(fp['model_id']).name}-{fp['revision'][:12]}-{args.split}"
 
 
 def build_analysis(encoder, args) -> tuple[Path, Path]:
@@ -81,7 +107,7 @@ def build_analysis(encoder, args) -> tuple[Path, Path]:
     from trace_core.evaluate import EvalConfig, evaluate
 
     fp = encoder.fingerprint
-    out = Path(args.cache_dir).parent / "analysis" / f"{Path(fp['model_id']).name}-{fp['revision'][:12]}-{args.split}"
+    out = analysis_folder(encoder, args)
     if not (out / "queries.parquet").is_file():
         logging.getLogger("app").info("evaluating %s on %s/%s for the analysis tabs (once) -> %s",
                                       fp["model_id"], args.mbeir_dir, args.split, out)

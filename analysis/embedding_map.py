@@ -11,6 +11,9 @@ UMAP is fitted once over all of them (cosine metric, fixed seed) and the coordin
 file named by a fingerprint of everything they depend on: the model, each pool, the query embeddings and the
 UMAP settings. Calls are serialised (numba aborts on concurrent calls).
 
+The map keeps its points' unit vectors (`EmbeddingMap.vectors`) so that neighbours are found in embedding space,
+and says how it sampled a pool too large to draw (`MapSample`).
+
 A *new* query is not pushed through `UMAP.transform`: it is placed from its nearest neighbours in its task's
 pool, at the similarity-weighted mean of their map coordinates (`place`). That is cheap, deterministic and
 honest about what the map shows: where the query's top hits lie.
@@ -24,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ MAP_VERSION = 1  # bump when the point layout or the columns change
 _UMAP_LOCK = threading.Lock()
 COLUMNS = ["point", "kind", "id", "pair", "dataset", "modality", "route", "hit", "label", "image", "x", "y"]
 KINDS = ("candidate", "query (direct)", "query (final)")
+CATEGORICAL = ("kind", "pair", "dataset", "modality", "route", "hit")  # sent to the browser as codes
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,38 @@ class QueryPoints:
     image: Sequence[str | None]
     hit_direct: Sequence[bool]
     hit_final: Sequence[bool]
+
+
+@dataclass(frozen=True)
+class MapSample:
+    """How many points the pools and the benchmark hold, and how many of them the map shows."""
+
+    candidates_total: int  # distinct candidate ids over every pool
+    candidates_shown: int
+    queries_total: int  # benchmark queries with embeddings (each is two points on the map)
+    queries_shown: int
+
+    @property
+    def points_total(self) -> int:
+        return self.candidates_total + 2 * self.queries_total
+
+    @property
+    def points_shown(self) -> int:
+        return self.candidates_shown + 2 * self.queries_shown
+
+    def sentence(self) -> str:
+        """The sampling rule in words, for the page."""
+        if self.points_shown == self.points_total:
+            return f"Showing all {self.points_shown:,} points (no sampling)."
+        parts = []
+        if self.candidates_shown < self.candidates_total:
+            parts.append(f"{self.candidates_shown:,} of {self.candidates_total:,} candidates: every gold candidate "
+                         "of a benchmark query, then the others in a fixed pseudo-random order (SHA-1 of the id)")
+        if self.queries_shown < self.queries_total:
+            parts.append(f"{self.queries_shown:,} of {self.queries_total:,} queries, in a fixed pseudo-random order "
+                         "(SHA-1 of task/query id)")
+        return (f"Showing {self.points_shown:,} of {self.points_total:,} points, sampled by keeping "
+                + "; and ".join(parts) + ". The same sample on every start.")
 
 
 def _dataset(pair: str) -> str:
@@ -158,10 +194,26 @@ def fit_umap(matrix: np.ndarray, config: MapConfig) -> np.ndarray:
         return reducer.fit_transform(matrix).astype(np.float32)
 
 
+def sample_of(pools: Sequence[PoolPoints], queries: Sequence[QueryPoints], table: pd.DataFrame) -> MapSample:
+    """What `collect` kept of the pools and queries (its `table`)."""
+    kinds = table["kind"].value_counts()
+    return MapSample(len({d for p in pools for d in p.ids}), int(kinds.get("candidate", 0)),
+                     sum(len(q.qids) for q in queries), int(kinds.get("query (final)", 0)))
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (a zero row stays zero), float32 [N, D]: cosine is then a dot product."""
+    m = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    return m / np.where(norms > 0, norms, 1.0)
+
+
 @dataclass
 class EmbeddingMap:
     points: pd.DataFrame  # COLUMNS; `point` is the row number
     fingerprint: str
+    vectors: np.ndarray | None = field(default=None, repr=False)  # [N, D] unit vectors, row n = point n
+    sample: MapSample | None = None  # how the pools were sampled; None when not known
 
     def __post_init__(self) -> None:
         cand = self.points[self.points["kind"] == "candidate"]
@@ -192,11 +244,22 @@ class EmbeddingMap:
         return float(xy[0]), float(xy[1])
 
     def to_client(self) -> dict:
-        """The columns the browser needs, sent once with the page (coordinates rounded to 1e-3)."""
+        """The columns the browser needs, fetched once by the page (`write_client`; coordinates rounded to 1e-3).
+        Columns of a few values go as {"cats": [...], "codes": [...]}: at 100k points, a fifth of the bytes."""
         p = self.points
-        return {"x": np.round(p["x"], 3).tolist(), "y": np.round(p["y"], 3).tolist(),
-                **{c: p[c].astype(str).tolist() for c in ("kind", "id", "pair", "dataset", "modality", "route", "hit")},
-                "label": [str(s)[:90] for s in p["label"]]}
+        out = {"x": np.round(p["x"], 3).tolist(), "y": np.round(p["y"], 3).tolist(), "id": p["id"].astype(str).tolist(),
+               "label": [str(s)[:90] for s in p["label"]]}
+        for c in CATEGORICAL:
+            codes, cats = pd.factorize(p[c].astype(str))
+            out[c] = {"cats": [str(v) for v in cats], "codes": codes.tolist()}
+        return out
+
+    def write_client(self, folder: str | Path) -> Path:
+        """`to_client` as a JSON file in `folder` (written atomically), for a page to fetch once."""
+        path = Path(folder) / f"embedding-map-{self.fingerprint}.json"
+        text = json.dumps(self.to_client(), separators=(",", ":"))
+        atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return path
 
 
 def load_or_build(pools: Sequence[PoolPoints], queries: Sequence[QueryPoints], model: Mapping, cache_dir: str | Path,
@@ -210,6 +273,7 @@ def load_or_build(pools: Sequence[PoolPoints], queries: Sequence[QueryPoints], m
     fp = map_fingerprint(pools, queries, model, config, keep)
     path = Path(cache_dir) / f"embedding-map-{fp}.parquet"
     table, matrix = collect(pools, queries, keep, config)
+    vectors, sample = unit_rows(matrix), sample_of(pools, queries, table)
     for where in [*(Path(f) / path.name for f in shipped), path]:
         if not where.is_file():
             continue
@@ -220,7 +284,7 @@ def load_or_build(pools: Sequence[PoolPoints], queries: Sequence[QueryPoints], m
                     np.isfinite(cached[["x", "y"]].to_numpy()).all():
                 log.info("loaded the %s embedding map %s (%d points)", "cached" if where == path else "shipped",
                          path.name, len(cached))
-                return EmbeddingMap(cached, fp)
+                return EmbeddingMap(cached, fp, vectors, sample)
             log.warning("embedding map %s does not match its points; not used", where)
         except Exception as exc:  # noqa: BLE001 - a corrupt file of any kind is rebuilt
             log.warning("embedding map %s is unreadable (%s); not used", where, exc)
@@ -231,4 +295,4 @@ def load_or_build(pools: Sequence[PoolPoints], queries: Sequence[QueryPoints], m
     table = table[COLUMNS]
     atomic_file(path, lambda tmp: table.to_parquet(tmp, index=False))
     log.info("embedding map built in %.1f s -> %s", time.perf_counter() - t0, path)
-    return EmbeddingMap(table, fp)
+    return EmbeddingMap(table, fp, vectors, sample)

@@ -11,6 +11,7 @@ A rank goes *up* when its number gets smaller.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,15 +103,26 @@ def error_mask(table: pd.DataFrame, view: str, k: int = 5) -> pd.Series:
     raise ValueError(f"unknown view {view!r}; choose one of: {', '.join(available_views(table))}.")
 
 
-def filter_errors(table: pd.DataFrame, view: str = "all", pair: str | None = None, k: int = 5) -> pd.DataFrame:
-    """The error table (see `error_table`) of the queries a view keeps, for one pair or all (None / "all")."""
+def filter_errors(table: pd.DataFrame, view: str = "all", pair: str | None = None, k: int = 5,
+                  only: Iterable[Sequence[str]] | None = None) -> pd.DataFrame:
+    """The error table (see `error_table`) of the queries a view keeps, for one pair or all (None / "all"),
+    and, when `only` is given, among those (pair, query id) keys alone (a selection on the embedding map)."""
     mask = error_mask(table, view, k)
     if pair is not None and pair != "all":
         pairs = set(table["pair"])
         if pair not in pairs:
             raise ValueError(f"unknown task {pair!r}; the table has: {', '.join(sorted(pairs))}.")
         mask &= table["pair"] == pair
+    if only is not None:
+        mask &= query_key_mask(table, only)
     return error_table(table[mask], k)
+
+
+def query_key_mask(table: pd.DataFrame, keys: Iterable[Sequence[str]]) -> pd.Series:
+    """Which rows of the per-query table are one of these (pair, query id) keys."""
+    wanted = {(str(p), str(q)) for p, q in keys}
+    key = zip(table["pair"].astype(str), table["qid"].astype(str), strict=True)
+    return pd.Series([k in wanted for k in key], index=table.index, dtype=bool)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Benchmark tab: the loaded model's evaluation per pair, beside the paper's reported M-BEIR numbers."""
+"""Benchmark tab: the loaded model's evaluation per pair, beside the paper's reported M-BEIR numbers; every table
+downloads as CSV."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pandas as pd
 from trace_core.evaluate import table_rows
 from trace_core.metrics import headline_metric
 
+from . import downloads
 from .first_visit import about_model
 from .services import Services
 
@@ -136,13 +138,13 @@ def build_benchmark_tab(services: Services) -> None:
                     "app with `--benchmark OUT/results.json`.")
     elif "runs" in report:
         gr.Markdown("Headline metric per pair on the held-out test split (%), for each mode and baseline:")
-        gr.Dataframe(comparison_table(report), interactive=False, wrap=True, elem_classes="fit-table")
+        downloads.table(comparison_table(report), "benchmark per pair and mode")
         gr.Markdown(benchmark_reading(report, about_model(services).demo), elem_classes="benchmark-reading")
         first = next(iter(report["runs"].values()))
         gr.Markdown("Full metrics of the default (auto) run:")
-        gr.Dataframe(run_table(first), interactive=False, wrap=True, elem_classes="fit-table")
+        downloads.table(run_table(first), "benchmark full metrics of the auto run")
     else:
-        gr.Dataframe(run_table(report), interactive=False, wrap=True, elem_classes="fit-table")
+        downloads.table(run_table(report), "benchmark full metrics")
     gr.Markdown("### Reference numbers, as reported on M-BEIR (a different benchmark from the demo data)")
-    gr.Dataframe(PAPER_MBEIR, interactive=False, wrap=True, elem_classes="fit-table")
+    downloads.table(PAPER_MBEIR, "reported numbers on M-BEIR")
     gr.Markdown(PAPER_ROUTING)

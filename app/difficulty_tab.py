@@ -19,6 +19,7 @@ from analysis.difficulty import (
 )
 from analysis.figures import cost_benefit, per_band_cost, reasoning_vs_difficulty
 
+from . import downloads
 from .services import Services
 
 COLUMNS = ["pair", "qid", "query_txt", "route", "cot_tokens", "gold_rank_direct", "gold_rank", "gold_rank_always",
@@ -85,12 +86,20 @@ def build_difficulty_tab(services: Services) -> None:
         f"embedding (computed in the same forward pass whether or not the model then reasons). "
         f"{len(table)} benchmark queries; recall is R@{k}."
     )
+    # Each figure with its downloads: PNG and SVG in the plot's toolbar, the table it is drawn from as CSV.
     with gr.Row():
-        gr.Plot(fit_title(reasoning_vs_difficulty(bands, k)))
+        with gr.Column():
+            downloads.figure(fit_title(reasoning_vs_difficulty(bands, k)), bands, "reasoning vs difficulty",
+                             "fig-reasoning-vs-difficulty")
         if "gold_rank_always" in table:
-            gr.Plot(fit_title(cost_benefit(bias_sweep(table, k=k), k)))
+            with gr.Column():
+                sweep = bias_sweep(table, k=k)
+                downloads.figure(fit_title(cost_benefit(sweep, k)), sweep, "cost-benefit of reasoning",
+                                 "fig-cost-benefit")
     with gr.Row():
-        gr.Plot(fit_title(per_band_cost(bands)))
+        with gr.Column():
+            downloads.figure(fit_title(per_band_cost(bands)), bands, "CoT length and latency per band",
+                             "fig-per-band-cost")
         with gr.Column():
             gr.Markdown(f"**Routing outcomes** (reasoning helped = a hit at R@{k} with the CoT, a miss without):")
             if "gold_rank_always" in table:

@@ -2,7 +2,8 @@
 
 One place for the sentences more than one tab shows: what a candidate is (its text, or "image" and its file
 name when it has no text), what the route badge means when the reasoning mode was forced or a routing bias was
-set (P(<|emb|>) before and after it), and the warning for a chain of thought that ran into the token cap.
+set (P(<|emb|>) before and after it), the warning for a chain of thought that ran into the token cap, a
+ranking as table rows, and how a chain of thought edited by hand moved the gold (Search and Walkthrough).
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from trace_core.encoder import p_emb_with_bias
 from trace_core.records import QueryResult
+
+if TYPE_CHECKING:  # usecases imports this module: its records are named here for the type checker only
+    from .usecases import CotEdit, Hit
 
 NAME_CHARS = 90  # a candidate's name in a caption or a table cell is cut after this many characters
 # A query image box (gr.Image) keeps the image as it is: lossless PNG (not Gradio's default lossy WebP) and its own
@@ -127,3 +132,48 @@ def example_samples(examples: Sequence, image_path: Callable[[str], str | None])
     """The rows of an examples table: the query (thumbnail and text) and how the model did on it.
     `examples` are `first_visit.Example`s; `image_path` turns a data-relative path into an absolute one."""
     return [[example_cell(e.text, image_path(e.image) if e.image else None), e.result] for e in examples]
+
+
+# ------------------------------------------------------------------------------------------ rankings
+HIT_HEADERS = ["rank", "score", "gold", "candidate", "id"]
+
+
+def hits_table(hits: Sequence[Hit]) -> list[list]:
+    """A ranking as table rows (`HIT_HEADERS`): rank, cosine, ✓ for a gold candidate, what it is, its id."""
+    return [[h.rank, round(h.score, 4), "✓" if h.gold else "", h.name, h.did] for h in hits]
+
+
+def cot_edit_markdown(e: CotEdit, before: str = "search") -> str:
+    """How the edited chain of thought moved the query: the gold's rank before and after for a benchmark query,
+    else how many of the top-k stayed. `before`: what ranked the query first ("search", "walkthrough")."""
+    how = "with the edited CoT" if e.after.result.cot else "with a blank CoT (embedded at once)"
+    stayed = f"**{e.kept}/{e.k}** of the {before}'s top-{e.k} stayed in the top-{e.k}"
+    if e.gold_before is None or e.gold_after is None:
+        return f"Free query: there is no gold to compare. {stayed} {how}."
+    b, a = e.gold_before, e.gold_after
+    word = "up" if a < b else ("down" if a > b else "unchanged")
+    return f"Gold rank **{b} → {a}** {how} ({word}); {stayed}."
+
+
+BEFORE_AFTER_HEADERS = ["rank", "with the model's own thought", "with your thought"]
+
+
+def before_after_rows(e: CotEdit) -> list[list]:
+    """The top-k before and after the edit side by side, one row per rank: "✓" marks a gold candidate, "new"
+    one that was not in the top-k before."""
+    before = {h.did for h in e.before.hits}
+
+    def cell(h: Hit | None, mark_new: bool) -> str:
+        if h is None:
+            return ""
+        new = " (new)" if mark_new and h.did not in before else ""
+        return f"{'✓ ' if h.gold else ''}{h.caption} ({h.score:.3f}){new}"
+
+    n = max(len(e.before.hits), len(e.after.hits))
+    return [[r + 1, cell(e.before.hits[r] if r < len(e.before.hits) else None, False),
+             cell(e.after.hits[r] if r < len(e.after.hits) else None, True)] for r in range(n)]
+
+
+def borrowed_words(qid: str, query: str) -> str:
+    """Where a borrowed chain of thought comes from ("Another query's CoT"), in one sentence."""
+    return f"The chain of thought the model wrote for query {qid} ({query[:80]}) in the evaluation."

@@ -1,14 +1,15 @@
 """Error inspection tab: which benchmark queries miss, and what reasoning did to their gold candidate.
 
 The handlers are plain functions of the services (called directly by the tests); `build_errors_tab` wires
-them to components. The per-query table stays in `services.queries`: events carry only the filter values
-and the selected query id, never the table.
+them to components. The per-query table stays in `services.queries`: events carry only the filter values,
+the selected query id and the (pair, query id) keys the embedding map sends (`MapLink`), never the table.
 """
 
 from __future__ import annotations
 
 import html
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from analysis.errors import QueryDetail, available_views, filter_errors, query_d
 from trace_core.records import check_k
 
 from .display import STOP_NOTES, candidate_name
+from .map_tab import MapLink
 from .services import Services
 from .usecases import UserError, checked
 
@@ -76,11 +78,13 @@ def task_choices(services: Services) -> list[tuple[str, str]]:
     return [("all tasks", "all")] + [(services.tasks[p].label if p in services.tasks else p, p) for p in pairs]
 
 
-def listing(services: Services, view: str, pair: str | None, k: Any = DEFAULT_K) -> pd.DataFrame:
-    """The queries a view keeps, as the table shows them (hit/miss in words, margins rounded)."""
+def listing(services: Services, view: str, pair: str | None, k: Any = DEFAULT_K, only: dict | None = None
+            ) -> pd.DataFrame:
+    """The queries a view keeps, as the table shows them (hit/miss in words, margins rounded). `only`: what the
+    embedding map sent (`MapLink.to_errors`, {"keys": [[pair, qid], ...]}): those queries alone."""
     k = _k(k)
     try:
-        shown = filter_errors(analysis_table(services), view, pair, k)
+        shown = filter_errors(analysis_table(services), view, pair, k, _keys(only))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     shown[f"hit@{k}"] = shown[f"hit@{k}"].map({True: "hit", False: "miss"})
@@ -88,16 +92,32 @@ def listing(services: Services, view: str, pair: str | None, k: Any = DEFAULT_K)
     return shown
 
 
-def listing_summary(services: Services, shown: pd.DataFrame, view: str, k: Any = DEFAULT_K) -> str:
+def _keys(only: dict | None) -> list | None:
+    return list(only["keys"]) if only and only.get("keys") else None
+
+
+def listing_summary(services: Services, shown: pd.DataFrame, view: str, k: Any = DEFAULT_K,
+                    only: dict | None = None) -> str:
     total = len(analysis_table(services))
+    keys = _keys(only)
+    among = f" among the **{len(keys)}** queries selected on the embedding map" if keys else ""
     if shown.empty:
-        return f"No query matches **{view}** with these filters (k = {_k(k)})."
-    return (f"**{len(shown)}** of {total} queries match **{view}** (a hit = the gold candidate in the top "
+        return f"No query matches **{view}**{among} with these filters (k = {_k(k)})."
+    return (f"**{len(shown)}** of {total} queries match **{view}**{among} (a hit = the gold candidate in the top "
             f"{_k(k)} on the route taken). Click a column header to sort, a row to inspect the query.")
 
 
+def map_keys(shown: pd.DataFrame, what: str) -> dict:
+    """What "Show these on the map" sends (`MapLink.to_map`): the listed queries' keys; `rev` makes every click
+    new to the map, even with the same rows."""
+    if shown.empty:
+        raise UserError("The table lists no query: change the filters first.")
+    return {"keys": [[str(p), str(q)] for p, q in zip(shown["pair"], shown["qid"], strict=True)], "what": what,
+            "rev": time.monotonic_ns()}
+
+
 def selected_query(services: Services, view: str, pair: str | None, k: Any, index: Any,
-                   row_value: list | None = None) -> tuple[str, str]:
+                   row_value: list | None = None, only: dict | None = None) -> tuple[str, str]:
     """The (pair, qid) of the row a Dataframe selection points at: from the row's values when the event
     carries them, else from the row index into the current listing."""
     table = analysis_table(services)
@@ -105,7 +125,7 @@ def selected_query(services: Services, view: str, pair: str | None, k: Any, inde
         p, q = str(row_value[0]), str(row_value[1])
         if ((table["pair"] == p) & (table["qid"].astype(str) == q)).any():
             return p, q
-    shown = listing(services, view, pair, k)
+    shown = listing(services, view, pair, k, only)
     row = index[0] if isinstance(index, (list, tuple)) else index
     if not isinstance(row, int) or not 0 <= row < len(shown):
         raise UserError("That row is no longer in the table (the filters changed); pick a row again.")
@@ -316,7 +336,7 @@ def _datatypes(shown: pd.DataFrame) -> list[str]:
             for t in shown.dtypes]
 
 
-def build_errors_tab(services: Services) -> None:
+def build_errors_tab(services: Services, link: MapLink | None = None) -> None:
     if services.queries is None:
         gr.Markdown(NO_TABLE)
         return
@@ -344,6 +364,10 @@ def build_errors_tab(services: Services) -> None:
         qid = gr.Textbox(label="Query id", placeholder="click a row above, or type an id (e.g. 9:100) and press Enter",
                          scale=4)
         show = gr.Button("Show query", scale=1)
+    only = link.to_errors if link is not None else gr.State(None)  # what the map sent, if anything
+    with gr.Row(visible=link is not None, elem_classes="trace-errors-link"):
+        to_map = gr.Button("Show these on the map", size="sm", visible=services.map is not None)
+        show_all = gr.Button("Show every query again (drop the map's selection)", size="sm")
     message = gr.Markdown()
     with gr.Column(visible=False) as box:
         header = gr.Markdown()
@@ -363,25 +387,39 @@ def build_errors_tab(services: Services) -> None:
                             visible=False)
     detail_outputs = [message, box, header, query_image, cot, gold_image, gold_md, top_image, top_md, others]
 
-    def refresh(view_in: str, task_in: str, k_in: float):
+    def refresh(view_in: str, task_in: str, k_in: float, only_in: dict | None = None):
         try:
-            shown = listing(services, view_in, task_in, k_in)
+            shown = listing(services, view_in, task_in, k_in, only_in)
         except UserError as exc:  # a warning; the last listing stays
             gr.Warning(str(exc))
             return gr.skip(), gr.skip()
-        return shown, listing_summary(services, shown, view_in, k_in)
+        return shown, listing_summary(services, shown, view_in, k_in, only_in)
 
-    for control in (view, task, k):
-        control.change(refresh, [view, task, k], [listing_df, summary], api_visibility="private")
+    for control in (view, task, k, only):
+        control.change(refresh, [view, task, k, only], [listing_df, summary], api_visibility="private")
 
-    def on_select(view_in: str, task_in: str, k_in: float, evt: gr.SelectData):
+    def send_to_map(view_in: str, task_in: str, k_in: float, only_in: dict | None):
         try:
-            p, q = selected_query(services, view_in, task_in, k_in, evt.index, evt.row_value)
+            shown = listing(services, view_in, task_in, k_in, only_in)
+            sent = map_keys(shown, f"{view_in}, {'all tasks' if task_in == 'all' else task_in}")
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return gr.skip()
+        gr.Info(f"{len(sent['keys'])} queries are lit on the Embedding map tab.")
+        return sent
+
+    if link is not None:
+        to_map.click(send_to_map, [view, task, k, only], link.to_map, api_visibility="private")
+        show_all.click(lambda: None, None, only, api_visibility="private")
+
+    def on_select(view_in: str, task_in: str, k_in: float, only_in: dict | None, evt: gr.SelectData):
+        try:
+            p, q = selected_query(services, view_in, task_in, k_in, evt.index, evt.row_value, only_in)
         except UserError as exc:
             return (gr.skip(), f"**{exc}**", *(gr.skip() for _ in detail_outputs[1:]))
         return (q, *show_detail(services, p, q, k_in))
 
-    listing_df.select(on_select, [view, task, k], [qid, *detail_outputs], api_visibility="private")
+    listing_df.select(on_select, [view, task, k, only], [qid, *detail_outputs], api_visibility="private")
 
     def by_id(task_in: str, qid_in: str, k_in: float):
         return show_detail(services, task_in, qid_in, k_in)

@@ -1,23 +1,45 @@
-"""Embedding map tab: where candidates and queries lie, and how reasoning moves a query.
+"""Embedding map tab: where candidates and queries lie, how reasoning moves a query, and which items sit together.
 
 The UMAP coordinates are computed once per model and pool (analysis.embedding_map, cached on disk). The
-figure's points go to the browser once, as a prop of one `gr.HTML` that draws them with plotly.js; colouring
-is switched in the browser. Every later event sends only a small *highlight* (the focused point, its top-k
-neighbours, its gold candidates, the direct -> final path), which the browser overlays on the same figure.
+figure's points go to the browser once, as a static JSON file fetched by one `gr.HTML` that draws them with
+plotly.js (assets/map.js; not as a prop: Gradio compares a component's props on every update); colouring is
+switched in the browser. Every later event sends only a small *highlight* (the
+focused point, its top-k neighbours, its gold candidates, the direct -> final path, the lit points), which the
+browser overlays on the same figure. A box or lasso selection sends only its point numbers; the table, the
+gallery and the exports are built here from the app's own copy of the map (analysis.map_selection). The map
+and the error table send each other (pair, query id) keys through a `MapLink`.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 import plotly
 from gradio import FileData
 from gradio.utils import get_upload_folder
 
-from trace_core.records import REASONING_MODES, InputError
+from analysis.map_selection import (
+    Lit,
+    SelectionError,
+    check_points,
+    export_files,
+    kinds_mask,
+    nearest,
+    neighbours,
+    query_keys,
+    query_points,
+    selection_rows,
+    text_matches,
+    write_csv,
+)
+from trace_core.records import REASONING_MODES, InputError, check_k
 
 from . import first_visit, usecases
 from .display import QUERY_IMAGE, STOP_NOTES, cap_warning
@@ -26,6 +48,7 @@ from .usecases import UserError, open_api_image
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
+JS = (Path(__file__).resolve().parents[1] / "assets" / "map.js").read_text(encoding="utf-8")
 TEMPLATE = """
 <div class="trace-map">
   <div class="trace-map-bar">
@@ -33,110 +56,40 @@ TEMPLATE = """
       <option value="modality">modality</option><option value="pair">task</option>
       <option value="route">route</option><option value="hit">hit or miss (R@5)</option>
     </select></label>
+    <label>Drag to <select class="trace-map-drag">
+      <option value="select">box select</option><option value="lasso">lasso select</option>
+      <option value="pan">pan</option><option value="zoom">zoom</option>
+    </select></label>
+    <span class="trace-map-save">Save the figure: <button class="trace-map-png" type="button">PNG</button>
+      <button class="trace-map-svg" type="button">SVG</button></span>
     <span class="trace-map-key">● candidate · ◇ query, direct embedding · ◆ query, final embedding ·
-      ★ focused query · ➝ path from direct to final</span>
+      ★ focused point · ➝ path from direct to final · ○ lit (selection, search, neighbours)</span>
   </div>
   <div class="trace-map-plot" style="height: 640px;"></div>
 </div>
 """
+TABLE_ROWS = 200  # rows the table shows; the CSV and JSON exports hold every lit point
+GALLERY_ITEMS = 24  # images the gallery shows
+SEARCH_MATCHES = 500  # at most this many points light up for a text matched against labels
+TABLE_HEADERS = ["point", "kind", "id", "task", "label", "route", "gold rank", "hit", "similarity"]
+_revision = itertools.count(1)  # every highlight Python sends is new to the page, even when equal to the last one
 
-JS = r"""
-const holder = element.querySelector('.trace-map-plot');
-const select = element.querySelector('.trace-map-colour');
-const P = props.points;
-const PALETTE = ['#1d4ed8', '#f59e0b', '#059669', '#b91c1c', '#7c3aed', '#0891b2', '#db2777', '#65a30d',
-                 '#ea580c', '#475569', '#0f766e', '#a16207'];
-const SYMBOL = {'candidate': 'circle', 'query (direct)': 'diamond-open', 'query (final)': 'diamond'};
-const SIZE = {'candidate': 5, 'query (direct)': 7, 'query (final)': 7};
-const cache = {};
 
-function base(by) {
-  if (cache[by]) return cache[by];
-  const cats = [...new Set(P[by])].sort();
-  const colour = Object.fromEntries(cats.map((c, i) => [c, PALETTE[i % PALETTE.length]]));
-  const groups = new Map();
-  for (let i = 0; i < P.x.length; i++) {
-    const key = P[by][i] + '\u0000' + P.kind[i];
-    if (!groups.has(key)) groups.set(key, []);
-    groups.get(key).push(i);
-  }
-  const shown = new Set();
-  const traces = [];
-  for (const [key, idx] of [...groups.entries()].sort()) {
-    const [cat, kind] = key.split('\u0000');
-    traces.push({
-      type: 'scattergl', mode: 'markers', name: cat, legendgroup: cat, showlegend: !shown.has(cat),
-      x: idx.map(i => P.x[i]), y: idx.map(i => P.y[i]), customdata: idx,
-      text: idx.map(i => `${P.kind[i]} ${P.id[i]} (${P.pair[i]})<br>${P.label[i]}`),
-      hovertemplate: '%{text}<extra></extra>',
-      marker: {color: colour[cat], symbol: SYMBOL[kind], size: SIZE[kind],
-               opacity: kind === 'candidate' ? 0.45 : 0.9},
-    });
-    shown.add(cat);
-  }
-  cache[by] = traces;
-  return traces;
-}
+@dataclass
+class MapLink:
+    """What the map and the error table send each other: (pair, query id) keys, in two gr.State of the session
+    (ids only, never services). The app factory makes one, outside the tabs, and passes it to both."""
 
-function overlay(v) {
-  const out = [];
-  if (!v) return out;
-  const f = v.focus;
-  const nb = v.neighbours || [];
-  if (f && nb.length) {
-    const x = [], y = [];
-    for (const n of nb) { x.push(f.x, P.x[n], null); y.push(f.y, P.y[n], null); }
-    out.push({type: 'scatter', mode: 'lines', x, y, name: 'top-k', hoverinfo: 'skip', showlegend: false,
-              line: {color: 'rgba(30,41,59,0.45)', width: 1}});
-    out.push({type: 'scatter', mode: 'markers', name: 'top-k hits', x: nb.map(n => P.x[n]), y: nb.map(n => P.y[n]),
-              text: nb.map((n, r) => `#${r + 1} ${P.id[n]}<br>${P.label[n]}`), hovertemplate: '%{text}<extra></extra>',
-              marker: {size: 12, color: 'rgba(0,0,0,0)', line: {color: '#1e293b', width: 2}}});
-  }
-  const gold = v.gold || [];
-  if (gold.length) {
-    out.push({type: 'scatter', mode: 'markers', name: 'gold', x: gold.map(n => P.x[n]), y: gold.map(n => P.y[n]),
-              text: gold.map(n => `gold ${P.id[n]}<br>${P.label[n]}`), hovertemplate: '%{text}<extra></extra>',
-              marker: {size: 16, color: 'rgba(0,0,0,0)', line: {color: '#16a34a', width: 3}}});
-  }
-  if (f && v.from) {
-    out.push({type: 'scatter', mode: 'lines+markers', name: 'direct → final', x: [v.from.x, f.x], y: [v.from.y, f.y],
-              line: {color: '#b91c1c', width: 3}, marker: {size: [9, 0], symbol: 'diamond-open', color: '#b91c1c'},
-              hoverinfo: 'skip'});
-  }
-  if (f) {
-    out.push({type: 'scatter', mode: 'markers', name: 'focus', x: [f.x], y: [f.y],
-              text: [f.label || ''], hovertemplate: '%{text}<extra></extra>',
-              marker: {size: 20, symbol: 'star', color: '#facc15', line: {color: '#1e293b', width: 1.5}}});
-  }
-  return out;
-}
+    to_map: gr.State  # {"keys": [[pair, qid], ...], "what": str, "rev": int} from "Show these on the map"
+    to_errors: gr.State  # {"keys": [...], "rev": int} from "Filter the error table to this selection"; or None
 
-function annotations(v) {
-  if (!v || !v.focus || !v.from) return [];
-  return [{x: v.focus.x, y: v.focus.y, ax: v.from.x, ay: v.from.y, xref: 'x', yref: 'y', axref: 'x', ayref: 'y',
-           showarrow: true, arrowhead: 3, arrowsize: 1.5, arrowwidth: 2.5, arrowcolor: '#b91c1c', text: ''}];
-}
+    @classmethod
+    def create(cls) -> MapLink:
+        return cls(gr.State(None), gr.State(None))
 
-function draw() {
-  const layout = {margin: {l: 10, r: 10, t: 10, b: 10}, hovermode: 'closest', dragmode: 'pan',
-                  xaxis: {visible: false}, yaxis: {visible: false},
-                  legend: {orientation: 'h', y: -0.02}, annotations: annotations(props.value),
-                  uirevision: 'keep-zoom'};
-  Plotly.react(holder, [...base(select.value), ...overlay(props.value)], layout,
-               {responsive: true, displaylogo: false, scrollZoom: true});
-}
 
-draw();
-holder.on('plotly_click', (ev) => {
-  const pt = ev.points && ev.points[0];
-  if (!pt || pt.customdata === undefined || pt.customdata === null) return;
-  props.value = Object.assign({}, props.value || {}, {picked: pt.customdata});
-  trigger('click');
-});
-select.addEventListener('change', draw);
-watch('value', draw);
-new ResizeObserver(() => { if (holder.offsetWidth) Plotly.Plots.resize(holder); }).observe(holder);
-"""
+def highlight(**parts) -> dict:
+    return {**parts, "rev": next(_revision)}
 
 
 def _xy(services: Services, point: int) -> dict:
@@ -217,22 +170,166 @@ def place_query(services: Services, task_name: str, text, image, mode: str, k: i
     return highlight, "\n\n".join(lines)
 
 
-def build_map_tab(services: Services) -> None:
+# ------------------------------------------------------------------------------------------ lit points
+def select_points(services: Services, raw) -> Lit:
+    """A box or lasso selection made in the page: the point numbers it sent, checked against the map."""
+    emap = services.map
+    try:
+        points = check_points(raw, len(emap.points))
+    except SelectionError as exc:
+        raise UserError(str(exc)) from exc
+    if not points:
+        raise UserError("The box or lasso holds no point: draw it around some points of the map.")
+    return Lit("selection", points, "selected with the box or lasso")
+
+
+def search_map(services: Services, task_name: str, text: str | None, k) -> Lit:
+    """The points nearest to a text: embedded by the loaded model as a query of the task (at once, without
+    reasoning, so that a search is quick), compared by cosine with every candidate and final query embedding;
+    matched against the points' labels instead when the task takes no text-only query."""
+    emap = services.map
+    text = (text or "").strip()
+    if not text:
+        raise UserError("Type something to search the map for.")
+    k = usecases.checked(check_k, k)
+    among = kinds_mask(emap.points)
+    task = services.tasks.get(task_name)
+    if emap.vectors is not None and task is not None and task.query_modality == "text":
+        res = usecases.search(services, task_name, text, None, None, "never", 1)
+        try:
+            rows, sims = nearest(emap.vectors, res.result.embedding, k, among)
+        except SelectionError as exc:
+            raise UserError(str(exc)) from exc
+        return Lit("search", rows.tolist(), f"nearest to “{text}”, embedded as a query of {task.label} (no "
+                   "reasoning), by cosine similarity", sims.tolist())
+    why = ("the map keeps no vectors" if emap.vectors is None else
+           f"{task.label if task else task_name!r} takes no text-only query")
+    try:
+        rows = text_matches(emap.points, text, SEARCH_MATCHES, among)
+    except SelectionError as exc:
+        raise UserError(str(exc)) from exc
+    if not rows:
+        raise UserError(f"No item's text contains “{text}” ({why}, so the text was matched, not embedded).")
+    return Lit("search", rows, f"whose text contains “{text}” ({why}, so the text was matched, not embedded)")
+
+
+def neighbours_lit(services: Services, point: int, k) -> Lit | None:
+    """A clicked point and its k nearest points in embedding space (cosine over the stored vectors); None when
+    the map keeps no vectors."""
+    emap = services.map
+    if emap.vectors is None:
+        return None
+    k = usecases.checked(check_k, k)
+    rows, sims = neighbours(emap.vectors, point, k, kinds_mask(emap.points))
+    row = emap.points.iloc[point]
+    return Lit("neighbours", [point, *rows.tolist()], f"{row['kind']} `{row['id']}` and its {len(rows)} nearest "
+               "neighbours in embedding space (cosine similarity; not distance on this 2-D map)",
+               [1.0, *sims.tolist()])
+
+
+def errors_lit(services: Services, sent: dict | None) -> Lit:
+    """The error table's queries ("Show these on the map"): their direct and final points."""
+    keys = (sent or {}).get("keys") or []
+    if not keys:
+        raise UserError("The error table sent no query: its filters keep none.")
+    points = query_points(services.map.points, keys)
+    if not points:
+        raise UserError("None of these queries is on the map (a large benchmark is sampled on the map).")
+    shown = len(query_keys(services.map.points, points))
+    missing = f"; {len(keys) - shown} are not on the map" if shown < len(keys) else ""
+    return Lit("errors", points, f"the error table's {len(keys)} queries ({sent.get('what', '')}{missing}), "
+               "each at its direct and final embedding")
+
+
+def _gold(r: float) -> str:
+    return "" if r is None or not np.isfinite(r) else str(int(r))
+
+
+def lit_table(services: Services, lit: Lit | None) -> pd.DataFrame:
+    """The table under the map: the first TABLE_ROWS lit points."""
+    if lit is None:
+        return pd.DataFrame(columns=TABLE_HEADERS)
+    rows = selection_rows(services.map.points, lit.points[:TABLE_ROWS], services.queries,
+                          lit.similarity[:TABLE_ROWS] if lit.similarity is not None else None)
+    rows["gold rank"] = rows["gold rank"].map(_gold)
+    rows["similarity"] = rows["similarity"].map("{:.4f}".format) if "similarity" in rows else ""
+    return rows.rename(columns={"pair": "task"})[TABLE_HEADERS]
+
+
+def lit_gallery(services: Services, lit: Lit | None) -> list[tuple[str, str]]:
+    """Images of the lit points that have one (the first GALLERY_ITEMS), captioned with kind, id and label."""
+    if lit is None:
+        return []
+    images = services.map.points["image"].to_numpy()
+    out = []
+    for n in lit.points:
+        if not isinstance(images[n], str) or not images[n]:  # most points of a large selection: looked up cheaply
+            continue
+        row = services.map.points.iloc[n]
+        try:
+            path = services.image_path(row["image"])
+        except (OSError, ValueError):  # a file gone since the map was made: left out of the gallery
+            continue
+        out.append((path, f"{row['kind']} {row['id']} · {str(row['label'])[:60]}"))
+        if len(out) == GALLERY_ITEMS:
+            break
+    return out
+
+
+def lit_summary(services: Services, lit: Lit | None) -> str:
+    if lit is None:
+        return ("Nothing is selected. Drag a box or a lasso over the map, search it, click a point, or send the "
+                "error table's queries here.")
+    n = len(lit.points)
+    more = (f" The table shows the first {TABLE_ROWS}; the CSV and JSON exports hold all {n:,}."
+            if n > TABLE_ROWS else "")
+    return f"**{n:,} points** {html.escape(lit.about)}: {lit.counts(services.map.points)}.{more}"
+
+
+def export_lit(services: Services, lit: Lit, folder: str | Path) -> tuple[Path, Path]:
+    """The lit points as CSV and JSON files (every point, not only the table's rows), written atomically."""
+    about = {"what": lit.about, "model": services.fingerprint, "map": services.map.fingerprint}
+    return export_files(services.map.points, lit, services.queries, folder, about)
+
+
+def export_map(services: Services, folder: str | Path) -> Path:
+    """Every point of the map figure as CSV (the figure's data)."""
+    emap = services.map
+    rows = selection_rows(emap.points, range(len(emap.points)), services.queries)
+    return write_csv(rows, Path(folder) / f"embedding-map-{emap.fingerprint}.csv")
+
+
+def keys_of(services: Services, lit: Lit | None) -> list[list[str]]:
+    """The (pair, query id) of the benchmark queries among lit points: what the error table can filter by."""
+    if lit is None:
+        raise UserError("Nothing is selected on the map: select, search or click first.")
+    keys = query_keys(services.map.points, lit.points)
+    if not keys:
+        raise UserError("The selection holds no benchmark query (only candidates), so it cannot filter the error "
+                        "table.")
+    return [list(k) for k in keys]
+
+
+# ------------------------------------------------------------------------------------------ UI
+def build_map_tab(services: Services, link: MapLink | None = None) -> None:
     emap = services.map
     if emap is None:
         gr.Markdown("No embedding map was built in this session (the app was started with `--no-map`).")
         return
-    gr.set_static_paths([PLOTLY_JS])
     counts = emap.points["kind"].value_counts()
+    sample = emap.sample.sentence() if emap.sample else f"Showing {len(emap.points):,} points."
     gr.Markdown(
         f"UMAP of **{counts.get('candidate', 0)} candidates** and **{counts.get('query (final)', 0)} benchmark "
         "queries**, each query twice: its direct embedding (◇, the state before `<|emb|>` at the first step) and "
         "its final one (◆, after the chain of thought when it reasoned). Computed once and cached. A new query is "
-        "placed from its nearest candidates, not re-projected. Click a point to see the item; a reasoned query "
-        "shows its path from direct to final."
-    )
+        "placed from its nearest candidates, not re-projected. Click a point to see the item and its nearest "
+        "neighbours in embedding space; drag a box or a lasso to list the points inside (the others are dimmed, "
+        "not hidden). " + sample, elem_classes="trace-map-intro")
     tasks = services.tasks
     first = first_visit.default_task(services)  # a task that takes a typed query
+    folder = Path(tempfile.mkdtemp(prefix="trace-map-"))  # this process's points file and exports
+    points = emap.write_client(folder)
+    gr.set_static_paths([PLOTLY_JS, points, str(Path(services.root).resolve())])  # and the gallery's images
 
     def placeholder(task_name: str) -> str:
         ex = next((e for e in first_visit.example_queries(services, task_name, 4) if e.text), None)
@@ -240,8 +337,12 @@ def build_map_tab(services: Services) -> None:
 
     with gr.Row():
         with gr.Column(scale=3):
-            emb_map = gr.HTML({}, html_template=TEMPLATE, js_on_load=JS, points=emap.to_client(),
+            emb_map = gr.HTML({}, html_template=TEMPLATE, js_on_load=JS, points_url=f"gradio_api/file={points}",
                               head=f'<script src="gradio_api/file={PLOTLY_JS}"></script>', elem_id="trace-map")
+            with gr.Row(elem_classes="trace-map-search"):
+                find = gr.Textbox(label="Search the map", placeholder="a few words: the nearest items light up",
+                                  scale=4, elem_id="trace-map-find")
+                find_go = gr.Button("Search the map", scale=1)
         with gr.Column(scale=1):
             task = gr.Dropdown([(t.label, n) for n, t in tasks.items()], value=first, label="Task")
             text = gr.Textbox(label="Query text", lines=2, visible=tasks[first].takes_text,
@@ -254,12 +355,110 @@ def build_map_tab(services: Services) -> None:
             go = gr.Button("Place on the map", variant="primary")
             detail = gr.Markdown("Click a point of the map to see the item.")
             detail_image = gr.Image(label="Item", height=160, interactive=False)
+    summary = gr.Markdown(lit_summary(services, None), elem_classes="trace-map-summary")
+    with gr.Row(elem_classes="trace-map-actions"):
+        clear = gr.Button("Clear selection", size="sm")
+        to_errors = gr.Button("Filter the error table to this selection", size="sm", visible=link is not None)
+        csv_out = gr.DownloadButton("Selection as CSV", interactive=False, size="sm", elem_id="trace-map-csv")
+        json_out = gr.DownloadButton("Selection as JSON", interactive=False, size="sm", elem_id="trace-map-json")
+        gr.DownloadButton("Map data (CSV)", value=export_map(services, folder), size="sm", elem_id="trace-map-data")
+    table = gr.Dataframe(lit_table(services, None), headers=TABLE_HEADERS, interactive=False, wrap=True,
+                         max_height=420, label="Lit points", elem_classes=["fit-table", "trace-map-table"],
+                         column_widths=["6%", "10%", "8%", "12%", "30%", "8%", "7%", "6%", "8%"])
+    gallery = gr.Gallery(label="Their images", columns=8, height=200, allow_preview=True,
+                         elem_classes="trace-map-gallery")
+    current = gr.State(None)  # the session's lit points (a Lit: point numbers), for the exports and the link
+    shown = [table, gallery, summary, current]
+    # The progress of an event that answers the map shows on the summary (or the item), not as an overlay that
+    # hides the plot while the person looks at it.
+    private = {"api_visibility": "private", "show_progress_on": summary}
 
-    def on_pick(value):
-        return pick(services, value)
+    def view(lit: Lit | None) -> tuple:
+        return lit_table(services, lit), lit_gallery(services, lit), lit_summary(services, lit), lit
 
-    emb_map.click(on_pick, emb_map, [emb_map, detail, detail_image], concurrency_limit=4,
-                  api_visibility="private")
+    def exports(lit: Lit | None):
+        if lit is None:
+            return gr.DownloadButton(value=None, interactive=False), gr.DownloadButton(value=None, interactive=False)
+        csv_path, json_path = export_lit(services, lit, folder)
+        return gr.DownloadButton(value=str(csv_path), interactive=True), \
+            gr.DownloadButton(value=str(json_path), interactive=True)
+
+    def on_select(evt: gr.EventData):
+        data = getattr(evt, "_data", None) or {}
+        if data.get("cleared"):  # a double click on the map: plotly dropped its selection
+            return (highlight(), *view(None))
+        try:
+            lit = select_points(services, data.get("points"))
+        except UserError as exc:  # an empty box is a note; point numbers the map has not, a warning
+            (gr.Info if not data.get("points") else gr.Warning)(str(exc))
+            return (gr.skip(), *view(None))
+        return (gr.skip(), *view(lit))  # the page already dims the others: nothing to send back to it
+
+    emb_map.select(on_select, None, [emb_map, *shown], concurrency_limit=4, **private) \
+        .then(exports, current, [csv_out, json_out], api_visibility="private")
+
+    def on_pick(k_in, evt: gr.EventData):
+        point = (getattr(evt, "_data", None) or {}).get("point")
+        value, desc, item = pick(services, {"picked": point})
+        if "focus" not in value:  # not a point of the map: said in the description, the rest stays
+            gr.Warning(desc)
+            return (gr.skip(), desc, gr.skip(), *(gr.skip() for _ in shown))
+        try:
+            lit = neighbours_lit(services, int(point), k_in)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            lit = None
+        lit_part = {"lit": lit.points[1:], "lit_name": "nearest (cosine)", "ranked": True} if lit else {}
+        return (highlight(**value, **lit_part), desc, item, *view(lit))
+
+    emb_map.click(on_pick, [k], [emb_map, detail, detail_image, *shown], concurrency_limit=4,
+                  **{**private, "show_progress_on": detail}) \
+        .then(exports, current, [csv_out, json_out], api_visibility="private")
+
+    def on_clear():
+        return (highlight(), *view(None))
+
+    clear.click(on_clear, None, [emb_map, *shown], **private) \
+        .then(exports, current, [csv_out, json_out], api_visibility="private")
+
+    def on_find(task_name, text_in, k_in):
+        try:
+            lit = search_map(services, task_name, text_in, k_in)
+        except (UserError, InputError) as exc:  # a warning; the map and the last table stay
+            gr.Warning(str(exc))
+            return (gr.skip(), *(gr.skip() for _ in shown))
+        return (highlight(lit=lit.points, lit_name="search matches", ranked=lit.similarity is not None),
+                *view(lit))
+
+    for trigger in (find_go.click, find.submit):
+        trigger(on_find, [task, find, k], [emb_map, *shown], concurrency_limit=1, concurrency_id="model",
+                **private).then(exports, current, [csv_out, json_out], api_visibility="private")
+
+    if link is not None:
+        def from_errors(sent):
+            if not sent:
+                return (gr.skip(), *(gr.skip() for _ in shown))
+            try:
+                lit = errors_lit(services, sent)
+            except UserError as exc:
+                gr.Warning(str(exc))
+                return (gr.skip(), *(gr.skip() for _ in shown))
+            return (highlight(lit=lit.points, lit_name="error table"), *view(lit))
+
+        link.to_map.change(from_errors, link.to_map, [emb_map, *shown], **private) \
+            .then(exports, current, [csv_out, json_out], api_visibility="private")
+
+        def send_to_errors(lit: Lit | None):
+            try:
+                keys = keys_of(services, lit)
+            except UserError as exc:
+                gr.Warning(str(exc))
+                return gr.skip()
+            gr.Info(f"The error table (tab Error inspection) now lists only the {len(keys)} benchmark "
+                    f"quer{'ies' if len(keys) != 1 else 'y'} of this selection.")
+            return {"keys": keys, "rev": next(_revision)}
+
+        to_errors.click(send_to_errors, current, link.to_errors, api_visibility="private")
 
     def change_task(task_name: str, text_in: str | None):
         t = tasks[task_name]  # the inputs it does not take are cleared and hidden
@@ -271,23 +470,24 @@ def build_map_tab(services: Services) -> None:
 
     def on_place(task_name, text_in, image_in, mode_in, k_in):
         try:
-            highlight, desc = place_query(services, task_name, text_in, image_in, mode_in, k_in)
+            highlight_, desc = place_query(services, task_name, text_in, image_in, mode_in, k_in)
         except (UserError, InputError) as exc:  # a warning; the map and the last description stay
             gr.Warning(str(exc))
             return gr.skip(), gr.skip(), gr.skip()
-        return highlight, desc, image_in
+        return highlight(**highlight_), desc, image_in
 
     go.click(on_place, [task, text, image, mode, k], [emb_map, detail, detail_image], concurrency_limit=1,
-             concurrency_id="model", api_visibility="private")
+             concurrency_id="model", **{**private, "show_progress_on": detail})
 
     def api_map_place(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
                       top_k: float = 5) -> dict:
         """Map: where a query lands on the embedding map (focus x, y), its top-k points, its direct start."""
         try:
-            highlight, desc = place_query(services, task_name, query_text,
-                                          open_api_image(services, query_image, get_upload_folder()), reasoning, top_k)
+            highlight_, desc = place_query(services, task_name, query_text,
+                                           open_api_image(services, query_image, get_upload_folder()), reasoning,
+                                           top_k)
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
-        return {**highlight, "description": desc}
+        return {**highlight_, "description": desc}
 
     gr.api(api_map_place, api_name="map_place", concurrency_limit=1, concurrency_id="model")

@@ -22,18 +22,22 @@ from PIL import Image
 from trace_core.records import REASONING_MODES, CotDelta, InputError, QueryResult, check_routing_bias
 
 from .display import (
+    HIT_HEADERS,
     QUERY_IMAGE,
+    borrowed_words,
     candidate_name,
     cap_warning,
     cap_warning_html,
+    cot_edit_markdown,
     example_samples,
+    hits_table,
     route_words,
 )
 from .first_visit import default_task, example_queries
+from .links import LinkSlots, benchmark_query, instruction_for
 from .services import Services
 from .usecases import (
     Comparison,
-    CotEdit,
     Hit,
     SearchResult,
     UserError,
@@ -136,11 +140,7 @@ def gallery_update(hits: list[Hit], label: str = "Results (click one to search w
     return gr.Gallery(value=items or None, visible=bool(items), label=label)
 
 
-HEADERS = ["rank", "score", "gold", "candidate", "id"]
-
-
-def hits_table(hits: list[Hit]) -> list[list]:
-    return [[h.rank, round(h.score, 4), "✓" if h.gold else "", h.name, h.did] for h in hits]
+HEADERS = HIT_HEADERS
 
 
 def gold_summary(res: SearchResult, k: int, task_names: dict[str, str] | None = None) -> str:
@@ -161,30 +161,20 @@ def export_file(res: SearchResult, fingerprint: dict) -> str:
     return path
 
 
-def cot_edit_markdown(e: CotEdit) -> str:
-    """How the edited chain of thought moved the query: the gold's rank before and after for a benchmark query,
-    else how many of the top-k stayed."""
-    how = "with the edited CoT" if e.after.result.cot else "with a blank CoT (embedded at once)"
-    stayed = f"**{e.kept}/{e.k}** of the search's top-{e.k} stayed in the top-{e.k}"
-    if e.gold_before is None or e.gold_after is None:
-        return f"Free query: there is no gold to compare. {stayed} {how}."
-    b, a = e.gold_before, e.gold_after
-    word = "up" if a < b else ("down" if a > b else "unchanged")
-    return f"Gold rank **{b} → {a}** {how} ({word}); {stayed}."
-
-
 def warning_note(message: str) -> str:
     return (f"<div class='query-warning'>⚠ {html.escape(message)} The results below are from the last search that "
             "worked.</div>")
 
 
 # ------------------------------------------------------------------------------------------ UI
-def build_search_tab(services: Services) -> None:
+def build_search_tab(services: Services) -> LinkSlots:
+    """The tab's components and events (inside `with gr.Tab("Search"):`); what a deep link fills."""
     tasks = services.tasks
     choices = [(t.label, name) for name, t in tasks.items()]
     first = default_task(services)
     cap = getattr(services.encoder, "max_cot_tokens", None)
     examples_of = {name: example_queries(services, name, N_EXAMPLES) for name in tasks}
+    qids_of = {name: {q.qid for q in t.queries} for name, t in tasks.items()}
 
     def placeholder(task_name: str) -> str:
         ex = next((e for e in examples_of[task_name] if e.text), None)
@@ -250,7 +240,7 @@ def build_search_tab(services: Services) -> None:
                 edit_note = gr.HTML("")
                 edit_md = gr.Markdown()
                 edit_table = gr.Dataframe(headers=HEADERS, label="Ranked candidates after the edited CoT",
-                                          interactive=False, wrap=True,
+                                          interactive=False, wrap=True, visible=False,
                                           column_widths=["8%", "11%", "8%", "55%", "18%"], elem_classes="fit-table")
             comparison = gr.Markdown(elem_classes="fit-markdown")
             off_gallery = gr.Gallery(label="Without reasoning", columns=5, height="auto", allow_preview=False,
@@ -269,10 +259,12 @@ def build_search_tab(services: Services) -> None:
         return (*skip_all[:-1], warning_note(str(exc)))
 
     def offer_edit(res: SearchResult | None) -> tuple:
-        """The edit section for a new search: its query's own CoT offered for editing, the last edit gone."""
+        """The edit section for a new search: its query's own CoT offered for editing, the last edit gone (its
+        table hidden until there is an edit to show)."""
+        no_table = gr.Dataframe(value=[], visible=False)
         if res is None:
-            return None, gr.Accordion(visible=False), "", "", [], ""
-        return res, gr.Accordion(visible=True), res.result.cot, "", [], ""
+            return None, gr.Accordion(visible=False), "", "", no_table, ""
+        return res, gr.Accordion(visible=True), res.result.cot, "", no_table, ""
 
     def stream(task_name, instruction_text, text_in, image_in, mode_in, k_in, qid_in, guard_in, bias_in=0.0):
         """The outputs as the model reasons, then the result; a mistake keeps the last results."""
@@ -300,7 +292,7 @@ def build_search_tab(services: Services) -> None:
             yield failed(exc)
 
     search_inputs = [task, instruction, text, image, mode, k, qid, guard, bias]
-    go.click(stream, search_inputs, outputs, concurrency_limit=1, concurrency_id="model", api_visibility="private")
+    go.click(stream, search_inputs, outputs, **services.search_concurrency, api_visibility="private")
 
     def run_compare(task_name, instruction_text, text_in, image_in, k_in, qid_in):
         try:
@@ -318,20 +310,21 @@ def build_search_tab(services: Services) -> None:
               concurrency_id="model", api_visibility="private")
 
     # ---- changing the task: its examples, instruction and benchmark queries; inputs it does not take go away
-    def change_task(task_name: str, text_in: str | None):
+    def change_task(task_name: str, qid_in: str):
+        """Whatever set the task (a click, a result searched with, a link): its examples, benchmark queries and
+        instruction; the inputs it does not take cleared and hidden. The benchmark query stays when it is one of
+        the new task's (a link sets both at once), else it is dropped. The query text is never read: the value
+        a component sends can be older than the event that set the task (a State's, read here, cannot)."""
         t = tasks[task_name]
+        keep = qid_in if qid_in in qids_of[task_name] else ""
         return (gr.Dataset(samples=example_samples(examples_of[task_name], services.image_path)),
-                gr.Dropdown(choices=bench_choices(task_name), value=None), t.instructions[0], "",
-                gr.Textbox(value=text_in if t.takes_text else "", visible=t.takes_text,
-                           placeholder=placeholder(task_name)),
+                gr.Dropdown(choices=bench_choices(task_name), value=None),
+                instruction_for(examples_of[task_name], t.instructions[0], keep), keep,
+                gr.Textbox(visible=True, placeholder=placeholder(task_name)) if t.takes_text
+                else gr.Textbox(value="", visible=False),
                 gr.Image(visible=True) if t.takes_image else gr.Image(value=None, visible=False))
 
-    task.change(change_task, [task, text], [examples, bench, instruction, qid, text, image], api_visibility="private")
-
-    def query_of(task_name: str, qid_in: str):
-        q = next(q for q in tasks[task_name].queries if q.qid == qid_in)
-        img = Image.open(services.image_path(q.image_path)) if q.image_path else None
-        return q.text or "", img
+    task.change(change_task, [task, qid], [examples, bench, instruction, qid, text, image], api_visibility="private")
 
     def fill_example(task_name, index):
         """An example's query in the inputs, set up as the evaluation ran it (reasoning auto, plain greedy
@@ -340,7 +333,7 @@ def build_search_tab(services: Services) -> None:
         if index is None or not 0 <= int(index) < len(exs):
             return (gr.skip(),) * 7 + (False,)
         e = exs[int(index)]
-        text_v, img = query_of(task_name, e.qid)
+        text_v, img = benchmark_query(services, task_name, e.qid)
         return text_v, img, e.qid, e.instruction or tasks[task_name].instructions[0], "auto", False, 0, True
 
     go_on = gr.State(False)  # whether the event before a chained search set up a query to run
@@ -353,13 +346,13 @@ def build_search_tab(services: Services) -> None:
 
     examples.click(fill_example, [task, examples], [text, image, qid, instruction, mode, guard, bias, go_on],
                    api_visibility="private").then(
-        stream_if, [go_on, *search_inputs], outputs, concurrency_limit=1, concurrency_id="model",
+        stream_if, [go_on, *search_inputs], outputs, **services.search_concurrency,
         api_visibility="private")
 
     def pick_bench(task_name: str, chosen: str | None):
         if not chosen:
             return gr.skip(), gr.skip(), gr.skip()
-        text_v, img = query_of(task_name, chosen)
+        text_v, img = benchmark_query(services, task_name, chosen)
         return text_v, img, chosen
 
     bench.input(pick_bench, [task, bench], [text, image, qid], api_visibility="private")
@@ -410,7 +403,7 @@ def build_search_tab(services: Services) -> None:
     hit_outputs = [task, text, image, qid, instruction, go_on, hit_note]
     for component, pick_fn in ((gallery, from_gallery), (table, from_table)):
         component.select(pick_fn, hit_inputs, hit_outputs, api_visibility="private").then(
-            stream_noted, [go_on, hit_note, *search_inputs], outputs, concurrency_limit=1, concurrency_id="model",
+            stream_noted, [go_on, hit_note, *search_inputs], outputs, **services.search_concurrency,
             api_visibility="private")
 
     # ---- the chain of thought by hand: the search's query re-embedded after an edited, blank or borrowed CoT
@@ -421,7 +414,7 @@ def build_search_tab(services: Services) -> None:
         except (UserError, InputError) as exc:
             gr.Warning(str(exc))
             return gr.skip(), gr.skip(), warning_note(str(exc))
-        return cot_edit_markdown(e), hits_table(e.after.hits), ""
+        return cot_edit_markdown(e), gr.Dataframe(value=hits_table(e.after.hits), visible=True), ""
 
     def borrow_cot(before):
         """Another benchmark query's CoT (of the same task, from the evaluation) in the box, to re-embed with."""
@@ -432,8 +425,7 @@ def build_search_tab(services: Services) -> None:
         except UserError as exc:
             gr.Warning(str(exc))
             return gr.skip(), warning_note(str(exc)), False
-        note = (f"<div class='query-info'>The chain of thought the model wrote for query {html.escape(b.qid)} "
-                f"({html.escape(b.query[:80])}) in the evaluation.</div>")
+        note = f"<div class='query-info'>{html.escape(borrowed_words(b.qid, b.query))}</div>"
         return b.cot, note, True
 
     def run_edit_if(go_edit_in, note, before, cot_in):
@@ -454,6 +446,24 @@ def build_search_tab(services: Services) -> None:
     borrow.click(borrow_cot, [searched], [cot_edit, borrowed, go_edit], api_visibility="private").then(
         run_edit_if, [go_edit, borrowed, searched, cot_edit], edit_results, concurrency_limit=1,
         concurrency_id="model", api_visibility="private")
+
+    # ---- a deep link (ui.py reads it on load): its query in the inputs, as a click on a benchmark query or a
+    # typed query sets them, then searched at once when it is whole (a task that needs an image waits for one)
+    restore = gr.State(None)
+
+    def apply_link(restored):
+        if restored is None:
+            return (*(gr.skip() for _ in range(7)), False)
+        v, t = restored.view, tasks[restored.view.task]
+        text_v, img = benchmark_query(services, v.task, v.qid) if v.qid else (v.text, None)
+        return (v.task, gr.Textbox(value=text_v, visible=t.takes_text, placeholder=placeholder(v.task)),
+                gr.Image(value=img, visible=t.takes_image), v.qid,
+                instruction_for(examples_of[v.task], t.instructions[0], v.qid), v.mode, v.bias, restored.run)
+
+    restore.change(apply_link, restore, [task, text, image, qid, instruction, mode, bias, go_on],
+                   api_visibility="private").then(
+        stream_if, [go_on, *search_inputs], outputs, **services.search_concurrency,
+        api_visibility="private")
 
     # ---- the API
     def api_search(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
@@ -479,5 +489,6 @@ def build_search_tab(services: Services) -> None:
         except (UserError, InputError) as exc:
             raise gr.Error(str(exc)) from exc
 
-    gr.api(api_search, api_name="search", concurrency_limit=1, concurrency_id="model")
+    gr.api(api_search, api_name="search", **services.search_concurrency)
     gr.api(api_compare, api_name="compare", concurrency_limit=1, concurrency_id="model")
+    return LinkSlots(fields=(task, text, qid, mode, bias), restore=restore)

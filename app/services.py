@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.embedding_map import EmbeddingMap, PoolPoints, QueryPoints, load_or_build
-from trace_core.embed_pool import pool_index
+from analysis.embedding_map import (
+    EmbeddingMap,
+    MapConfig,
+    PoolPoints,
+    QueryPoints,
+    load_or_build,
+    map_fingerprint,
+)
+from trace_core.batcher import MicroBatcher
+from trace_core.embed_pool import encode_in_chunks, pool_index
 from trace_core.encoder import Encoder
 from trace_core.index import CandidateIndex
 from trace_core.instructions import instructions_for
@@ -34,11 +43,15 @@ from trace_core.mbeir import (
     resolve_image,
 )
 
+from .building import Build
 from .display import NAME_CHARS, candidate_name
 
 log = logging.getLogger(__name__)
 
 MODALITY_WORDS = {"text": "text", "image": "image", "image,text": "image + text"}
+
+# On a ZeroGPU Space the model may only run inside a `spaces.GPU` call, never on a thread of its own.
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
 
 try:  # On a Hugging Face ZeroGPU Space, model calls must run inside `spaces.GPU`; elsewhere it is a no-op.
     import spaces
@@ -58,16 +71,22 @@ class Task:
     cand_modality: str  # modality of the pool's candidates (the most common one)
     instructions: tuple[str, ...]  # the M-BEIR instructions of this task
     pool: list[MBEIRCandidate]  # the local candidate pool
-    index: CandidateIndex  # its index (exact inner product for these sizes)
+    index: CandidateIndex | None  # its index (exact inner product for these sizes); None while being built
     queries: list[MBEIRQuery] = field(default_factory=list)  # benchmark queries (test split)
     positives: dict[str, set[str]] = field(default_factory=dict)  # qid -> gold dids
     labels: dict[str, str] = field(default_factory=dict)  # qid -> labelled route ("direct" / "reason")
     shows: dict[str, str] = field(default_factory=dict)  # image path -> what it shows (`image_names`)
+    pool_name: str = ""  # the pool file's stem: its cached index's name
 
     @property
     def label(self) -> str:
         q, c = MODALITY_WORDS[self.query_modality], MODALITY_WORDS[self.cand_modality]
         return f"{self.dataset}: {q} → {c}  ({self.name})"
+
+    @property
+    def ready(self) -> bool:
+        """Whether its index is built (a server started with `background=True` builds it after it serves)."""
+        return self.index is not None
 
     @property
     def takes_image(self) -> bool:
@@ -103,6 +122,26 @@ class Services:
     map: EmbeddingMap | None = None  # UMAP of the pools and the benchmark queries (built once, cached)
     notes: list[str] = field(default_factory=list)  # what could not be loaded, in words for the UI
     model_lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time on CPU
+    # Searches of concurrent visitors share one prefill and decode (`start_batching`); None: one at a time.
+    batcher: MicroBatcher | None = None
+    build: Build | None = None  # what is still being built in the background (`load(background=True)`)
+
+    @property
+    def search_concurrency(self) -> dict:
+        """Gradio concurrency of the search events: with the batcher, up to a batch of them at once (they meet
+        in its queue); without it, one at a time together with every other model call."""
+        if self.batcher is None:
+            return {"concurrency_limit": 1, "concurrency_id": "model"}
+        return {"concurrency_limit": self.batcher.max_batch, "concurrency_id": "search"}
+
+    def start_batching(self, window_s: float = 0.02, max_batch: int = 16) -> bool:
+        """Put a micro-batching queue in front of the model for searches; False where it cannot run (an
+        encoder without the batched TRACE loop, or a ZeroGPU Space)."""
+        if ZERO_GPU or not MicroBatcher.supports(self.encoder):
+            return False
+        if self.batcher is None:
+            self.batcher = MicroBatcher(self.encoder, self.model_lock, window_s, max_batch)
+        return True
 
     @property
     def fingerprint(self) -> dict:
@@ -115,9 +154,16 @@ class Services:
     def load(cls, model: str, data: str | Path, split: str = "test", cache_dir: str = ".cache/index",
              benchmark: str | Path | None = None, encoder: Encoder | None = None,
              analysis: str | Path | None = None, embedding_map: bool = True,
-             shipped: Sequence[str | Path] = ()) -> Services:
+             shipped: Sequence[str | Path] = (), background: bool = False,
+             analysis_job: Callable[[Encoder], tuple[Path, Path]] | None = None) -> Services:
         """`shipped`: read-only folders of prebuilt indexes and maps (the app's `assets/cache`, made by
-        `python -m app.ship`), taken before the local cache when their fingerprints match."""
+        `python -m app.ship`), taken before the local cache when their fingerprints match.
+
+        `background=True` (the server): return as soon as the model is loaded and every pool is read; indexes
+        and the map that are neither shipped nor cached are built afterwards by one background thread
+        (`services.build` says how far it is; a task is `ready` once its index is there).
+        `analysis_job(encoder) -> (results.json, queries.parquet)`: an evaluation to run in the background, after
+        the indexes and before the map (`app.py --build-analysis`); the analysis tabs fill in when it is done."""
         root = Path(data)
         encoder = encoder or load_model(model)
         instructions = instructions_for(root)
@@ -138,7 +184,8 @@ class Services:
             query_modality = queries[0].modality if queries else "text"
             dataset_id = int(pool[0].did.split(":")[0])
             row = instructions.find(query_modality, cand_modality, dataset_id)
-            index = pool_index(encoder, pool, root, cache_dir, pair.pool_file.stem, shipped=shipped)
+            index = pool_index(encoder, pool, root, cache_dir, pair.pool_file.stem, shipped=shipped,
+                               build=not background)
             tasks[pair.name] = Task(
                 name=pair.name,
                 dataset=row.dataset if row else pair.dataset,
@@ -150,6 +197,7 @@ class Services:
                 queries=queries,
                 positives=positives,
                 labels={qid: route for qid, (route, _) in read_cot_labels(pair.query_file).items()},
+                pool_name=pair.pool_file.stem,
             )
         if not tasks:
             raise ValueError("no usable (dataset, task) pair in " + str(root) + ": " + "; ".join(notes))
@@ -164,12 +212,104 @@ class Services:
             queries = pd.read_parquet(analysis)
             queries = queries[queries["pair"].isin(tasks)].reset_index(drop=True)
         services = cls(encoder, root, tasks, results, queries, notes=notes)
-        if embedding_map:
+        missing = [t for t in tasks.values() if not t.ready]
+        if embedding_map and not missing and analysis_job is None:
             pools, query_points, gold = map_inputs(services, analysis)
-            services.map = load_or_build(pools, query_points, encoder.fingerprint, cache_dir, keep=gold,
-                                         shipped=shipped)
-            _name_candidates(services.map, tasks)
+            if not background or _map_cached(pools, query_points, gold, encoder.fingerprint, cache_dir, shipped):
+                services.map = load_or_build(pools, query_points, encoder.fingerprint, cache_dir, keep=gold,
+                                             shipped=shipped)
+                _name_candidates(services.map, tasks)
+        if missing or analysis_job is not None or (embedding_map and services.map is None):
+            services._build_later(missing, cache_dir, analysis, embedding_map, shipped, analysis_job)
         return services
+
+    def _build_later(self, missing: list[Task], cache_dir, analysis, embedding_map: bool, shipped,
+                     analysis_job) -> None:
+        """Start the background thread: the missing indexes, then the evaluation, then the map (see `load`)."""
+        build = self.build = Build()
+        for t in missing:
+            build.add(f"index:{t.name}", f"Index of {t.label}", len(t.pool), "candidates embedded")
+        if analysis_job is not None:
+            # Every test query twice: as the model chooses, and forced to reason (the counterfactual).
+            build.add("analysis", "Evaluation for the analysis tabs (every test query, auto and always-reason)",
+                      2 * sum(len(t.queries) for t in self.tasks.values()), "queries encoded")
+        if embedding_map:
+            build.add("map", "Embedding map (UMAP over every pool and the benchmark queries)")
+
+        def stage(name: str, fn) -> bool:
+            build.start(name)
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - shown in the page; what is ready keeps working
+                log.exception("background stage %s failed", name)
+                build.fail(name, f"{type(exc).__name__}: {exc}")
+                return False
+            build.finish(name)
+            return True
+
+        def index_of(t: Task) -> None:
+            name = f"index:{t.name}"
+            t.index = pool_index(self.encoder, t.pool, self.root, cache_dir, t.pool_name, shipped=shipped,
+                                 lock=self.model_lock, report=lambda done, total: build.report(name, done, total))
+
+        def evaluation() -> None:
+            nonlocal analysis
+            # The model is lent batch by batch, so that searches go on between the evaluation's batches.
+            lent = LockedEncoder(self.encoder, self.model_lock, lambda n: build.advance("analysis", n))
+            results, analysis = analysis_job(lent)
+            self.benchmark = json.loads(Path(results).read_text())
+            table = pd.read_parquet(analysis)
+            self.queries = table[table["pair"].isin(self.tasks)].reset_index(drop=True)
+
+        def embedding_map_() -> None:
+            if any(not t.ready for t in self.tasks.values()):
+                raise RuntimeError("some pool has no index")
+            pools, query_points, gold = map_inputs(self, analysis)
+            emap = load_or_build(pools, query_points, self.encoder.fingerprint, cache_dir, keep=gold,
+                                 shipped=shipped)
+            _name_candidates(emap, self.tasks)
+            self.map = emap
+
+        def run() -> None:
+            for t in missing:
+                stage(f"index:{t.name}", lambda t=t: index_of(t))
+            if analysis_job is not None:
+                stage("analysis", evaluation)
+            if embedding_map:
+                stage("map", embedding_map_)
+
+        threading.Thread(target=run, name="trace-build", daemon=True).start()
+
+
+class LockedEncoder:
+    """An encoder lent to a long job (an evaluation) a batch at a time: every batch holds `lock`, so that
+    visitors' searches run between the job's batches; `report(n)` is told of each batch's n queries done."""
+
+    def __init__(self, encoder: Encoder, lock: threading.Lock, report: Callable[[int], None] | None = None,
+                 batch: int = 8):
+        self._encoder, self._lock, self._report, self._batch = encoder, lock, report, batch
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_queries(self, queries, *args, progress: bool = False, **kwargs):
+        out = []
+        for start in range(0, len(queries), self._batch):
+            with self._lock:
+                done = self._encoder.encode_queries(queries[start : start + self._batch], *args, **kwargs)
+            out += done
+            if self._report is not None:
+                self._report(len(done))
+        return out
+
+    def encode_candidates(self, candidates, batch_size: int | None = None, progress: bool = False):
+        return encode_in_chunks(self._encoder, candidates, self._lock, None)
+
+
+def _map_cached(pools, query_points, gold, model: dict, cache_dir, shipped) -> bool:
+    """Whether the map of these inputs is shipped or cached already (then loading it takes a second)."""
+    name = f"embedding-map-{map_fingerprint(pools, query_points, model, MapConfig(), gold)}.parquet"
+    return any((Path(f) / name).is_file() for f in [*shipped, cache_dir])
 
 
 def map_inputs(services: Services, analysis: str | Path | None) -> tuple[list[PoolPoints], list[QueryPoints], set]:

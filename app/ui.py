@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import gradio as gr
 
 from .benchmark_tab import build_benchmark_tab
+from .building import status_markdown
 from .difficulty_tab import build_difficulty_tab
 from .errors_tab import build_errors_tab
-from .first_visit import about_model, reasoning_rates
-from .map_tab import build_map_tab
+from .first_visit import about_model, default_task, reasoning_rates
+from .links import KEYS, LinkSlots, LinkTask, View, parse_view, view_of, view_query
+from .map_tab import MapLink, build_map_tab
 from .search_tab import build_search_tab
 from .services import Services
+from .waiting import build_when_ready, pending_stage
 from .walkthrough_tab import build_walkthrough_tab
 
 # One tab per question a user asks, in the order a visitor meets them.
@@ -21,6 +25,9 @@ TABS = [("Search", build_search_tab), ("Reasoning vs difficulty", build_difficul
         ("Embedding map", build_map_tab), ("Error inspection", build_errors_tab), ("Walkthrough", build_walkthrough_tab),
         ("Benchmark", build_benchmark_tab)]
 CSS_FILE = Path(__file__).resolve().parents[1] / "assets" / "app.css"
+# Each tab's id in a deep link (?tab=...): short, and stable when a tab's title is reworded.
+TAB_IDS = {"Search": "search", "Reasoning vs difficulty": "difficulty", "Embedding map": "map",
+           "Error inspection": "errors", "Walkthrough": "walkthrough", "Benchmark": "benchmark"}
 
 # The paper, as the project's notes name it: its title and arXiv identifier (they give no URL, so none is made up).
 PAPER = "*TRACE: Task-adaptive Reasoning And Compressing Embeddings* (arXiv 2603.02929, March 2026)"
@@ -67,10 +74,96 @@ def build_app(services: Services) -> gr.Blocks:
         gr.Markdown("# TRACE: a retriever that thinks before it embeds\n" + PLAIN, elem_classes="intro")
         gr.Markdown(model_notice(services) + "".join(f"\n\n⚠ {note}" for note in services.notes),
                     elem_classes="demo-notice")
-        for name, build in TABS:
-            with gr.Tab(name):
-                build(services)
+        if services.build is not None:
+            build_status(services)
+        view_link = gr.Textbox(label="Link to this view", info=LINK_NOTE, buttons=["copy"], interactive=False,
+                               max_lines=1, elem_id="view-link")
+        link = MapLink.create()  # the map and the error table send each other the queries they show
+        items: dict[str, gr.Tab] = {}
+        slots: dict[str, LinkSlots] = {}  # what a deep link fills, by tab id (Search, Walkthrough)
+        with gr.Tabs() as tabs:
+            for name, build in TABS:
+                with gr.Tab(name, id=TAB_IDS[name]) as items[TAB_IDS[name]]:
+                    args = (services, link) if build in (build_map_tab, build_errors_tab) else (services,)
+                    if (stage := pending_stage(services, TAB_IDS[name])) is not None:
+                        # its data is still being built: the tab fills in when it is (app/waiting.py)
+                        build_when_ready(services, stage, lambda build=build, args=args: build(*args))
+                    elif isinstance(filled := build(*args), LinkSlots):
+                        slots[TAB_IDS[name]] = filled
+        wire_deep_links(services, demo, tabs, items, slots, view_link)
     return demo
+
+
+# ------------------------------------------------------------------------------------------ deep links
+LINK_NOTE = ("The tab, task, query text (or benchmark query), reasoning mode and routing bias are in the link. "
+             "An image you uploaded is not: only a benchmark query's image is, by its id.")
+# The address bar follows the view too (history.replaceState, no reload): what a teacher copies from it opens the
+# same view, and a reload keeps it. The box holds the same link, to copy.
+FOLLOW_ADDRESS = True
+# The link in the box: the page's address with the link's own parameters replaced; any other one (Gradio's
+# ?__theme=dark) stays. The box may hold a whole URL when two updates cross; only what follows its "?" is read.
+# Nothing is built before the load event has read the link (LINK_READY_JS): with FOLLOW_ADDRESS, the inputs'
+# first change events would otherwise rewrite the address the load event reads its parameters from.
+LINK_JS = """(qs) => {
+  if (!window.traceLinkRead) return window.location.href;
+  const url = new URL(window.location.href);
+  for (const key of KEYS) url.searchParams.delete(key);
+  const s = qs || "";
+  new URLSearchParams(s.includes("?") ? s.slice(s.indexOf("?") + 1) : s)
+    .forEach((value, key) => url.searchParams.append(key, value));
+  if (FOLLOW) window.history.replaceState(window.history.state, "", url);
+  return url.toString();
+}""".replace("KEYS", json.dumps(list(KEYS))).replace("FOLLOW", json.dumps(FOLLOW_ADDRESS))
+LINK_READY_JS = "(qs) => { window.traceLinkRead = true; return (" + LINK_JS + ")(qs); }"
+
+
+def wire_deep_links(services: Services, demo: gr.Blocks, tabs: gr.Tabs, items: dict[str, gr.Tab],
+                    slots: dict[str, LinkSlots], box: gr.Textbox) -> None:
+    """On load, the link's view (`links.parse_view`): its tab selected, its query in that tab's inputs (the
+    tab runs it); a bad value is a warning and its default. Then the link follows every change of the view."""
+    tab_ids = list(items)
+    tasks = {n: LinkTask(t.takes_text, t.takes_image, frozenset(q.qid for q in t.queries))
+             for n, t in services.tasks.items()}
+    first = default_task(services) if tasks else ""
+    current = gr.State(tab_ids[0])  # the selected tab: Gradio sends no tab with the other inputs
+    fields = [c for s in slots.values() for c in s.fields]
+    n = len(View.__dataclass_fields__) - 1  # the fields of a query tab: the view's, less the tab
+
+    def current_link(tab: str, *values) -> str:
+        per = {tab_id: values[i * n:(i + 1) * n] for i, tab_id in enumerate(slots)}
+        return view_query(view_of(tab, *per[tab]) if tab in per else View(tab))
+
+    def selects(tab_id: str):
+        return lambda *values: (tab_id, current_link(tab_id, *values))
+
+    quiet = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+    for tab_id, item in items.items():
+        item.select(selects(tab_id), fields, [current, box], **quiet).then(None, box, box, js=LINK_JS, queue=False)
+    gr.on([c.change for c in fields], current_link, [current, *fields], box, **quiet).then(
+        None, box, box, js=LINK_JS, queue=False)
+
+    def restore(request: gr.Request):
+        params = dict(request.query_params) if request is not None and request.query_params else {}
+        r = parse_view(params, tab_ids, tasks, first)
+        for warning in r.warnings:
+            gr.Warning(warning)
+        asked = any(k in params for k in KEYS)  # a plain address leaves the inputs alone
+        return (gr.Tabs(selected=r.view.tab), r.view.tab,
+                *(r if asked and tab_id == r.view.tab else gr.skip() for tab_id in slots), view_query(r.view))
+
+    demo.load(restore, None, [tabs, current, *(s.restore for s in slots.values()), box], show_progress="hidden",
+              api_visibility="private").then(None, box, box, js=LINK_READY_JS, queue=False)
+
+
+def build_status(services: Services) -> None:
+    """What the server still builds in the background, with progress, refreshed every 2 s until it is done."""
+    status = gr.Markdown(status_markdown(services.build), elem_classes="build-status")
+    timer = gr.Timer(2.0)
+
+    def tick():
+        return status_markdown(services.build), gr.Timer(active=not services.build.finished)
+
+    timer.tick(tick, None, [status, timer], api_visibility="private", show_progress="hidden")
 
 
 def css() -> str | None:

@@ -9,6 +9,7 @@ A mistake in the input raises `UserError` with the sentence to show.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -122,12 +123,23 @@ class SearchResult:
         }
 
 
+def not_ready(services: Services, task: Task) -> str:
+    """Why a task cannot search yet, with how far its index is, and which tasks can."""
+    stage = f"index:{task.name}"
+    where = services.build.describe(stage) if services.build and services.build.state_of(stage) else ""
+    ready = [t.name for t in services.tasks.values() if t.ready]
+    return (f"The index of {task.name} is still being built ({where or 'waiting'}); it searches once that is done."
+            + (f" Ready now: {', '.join(ready)}." if ready else ""))
+
+
 def make_query(services: Services, task_name: str, text: str | None, image, instruction: str | None,
                qid: str | None = None) -> tuple[Task, Query]:
     """Check the inputs against the task and build the encoder's query; clear messages for mistakes."""
     if not isinstance(task_name, str) or task_name not in services.tasks:
         raise UserError(f"unknown task {task_name!r}")
     task = services.tasks[task_name]
+    if not task.ready:
+        raise UserError(not_ready(services, task))
     if text is not None and not isinstance(text, str):
         raise UserError("The query text must be a string.")
     text = (text or "").strip()
@@ -175,8 +187,13 @@ def stream_search(services: Services, task_name: str, text, image, instruction, 
     bias = checked(check_routing_bias, 0.0 if routing_bias is None else routing_bias)
     task, query = make_query(services, task_name, text, image, instruction, qid)
     k = top_k(k, task)
-    with services.model_lock:
+    if services.batcher is not None:  # shares a batch with other visitors' searches; it takes the lock itself
+        events = services.batcher.stream(query, mode, bias, no_repeat_ngram=guard)
+        lock = contextlib.nullcontext()
+    else:
         events = services.encoder.stream_query(query, reasoning=mode, routing_bias=bias, no_repeat_ngram=guard)
+        lock = services.model_lock
+    with lock:
         for event in events:
             if isinstance(event, CotDelta):
                 yield event

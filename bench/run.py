@@ -9,9 +9,15 @@ Sections (see each module's docstring):
   candidate_overhead and candidate batching.
 - threads (bench/threads.py): candidates/s and CoT tokens/s at 1 and 2 torch threads, alone and beside a
   competing busy process.
+- precision (bench/precision.py): CoT tokens/s against the memory-bandwidth bound, candidates/s, search latency
+  (direct and reasoning) and held-out recall, fp32 and int8.
 - search (bench/search.py): faiss exact search against numpy for growing pools; HNSW recall@10 and speed-up.
 - serving (bench/serving.py): `python app.py` start-up time, peak memory, and a load test of concurrent
   gradio_client clients mixing search, compare and map requests.
+- batching (bench/batching.py): 1, 4 and 16 clients searching at once, with and without the micro-batching
+  queue (throughput, p50, p95).
+- map_select (bench/map_select.py): the embedding map tab over a synthetic 100k-point map in Chromium: first
+  draw, and a box selection until its table is filled.
 Paths compared in a ratio run alternately (A, B, A, B, ...) and their medians are compared.
 """
 
@@ -32,7 +38,10 @@ from bench.common import table  # noqa: E402
 from trace_core import EncoderConfig, load_model  # noqa: E402
 from trace_core.atomic import atomic_file  # noqa: E402
 
-SECTIONS = ("model", "threads", "search", "serving")
+SECTIONS = ("model", "threads", "precision", "search", "serving", "batching", "map_select")
+# --quick without --sections: the sections that fit its 5 minutes; threads, batching and map_select (a minute or
+# more each: a busy competitor, two app starts, a browser) run when named.
+QUICK_SECTIONS = ("model", "precision", "search", "serving")
 
 
 def main(argv=None) -> int:
@@ -40,10 +49,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=str(ROOT / "assets" / "trace-mini"))
     parser.add_argument("--data", default=str(ROOT / "assets" / "minibeir"))
     parser.add_argument("--quick", action="store_true", help="small samples (under 5 minutes on 2 cores)")
-    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--sections", default=None,
+                        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all; with --quick: "
+                             f"{', '.join(QUICK_SECTIONS)})")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the load test")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args(argv)
+    if args.sections is None:
+        args.sections = ",".join(QUICK_SECTIONS if args.quick else SECTIONS)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -73,6 +86,17 @@ def main(argv=None) -> int:
         results["threads"] = threads_bench.run(encoder, Path(args.data), 16 if args.quick else 32, 3 if args.quick else 5)
         print(table(results["threads"], "== threads: 1 and 2 torch threads, alone and beside a busy process"))
         del encoder
+    if "precision" in sections:
+        from bench import precision
+
+        evaluations = {"fp32": Path(args.model) / "results.json",
+                       "int8": Path(args.model) / "precision-int8" / "results.json"}
+        results["precision"] = precision.run(args.model, Path(args.data), 3 if args.quick else 8, evaluations,
+                                             str(ROOT / ".cache" / "index"))
+        print(table(results["precision"]["rows"], "== precision: CoT decoding against the memory-bandwidth bound"))
+        for p, r in results["precision"]["recall"].items():
+            print(f"  recall {p}: " + (f"mean headline {r['mean_headline']}, mean R@5 {r['mean_recall@5']}" if r
+                                       else "no evaluation found"))
     if "search" in sections:
         from bench import search as search_bench
 
@@ -92,6 +116,25 @@ def main(argv=None) -> int:
         print(table([{k: v for k, v in s["load"].items() if k != "error_samples"}], "== load test"))
         for e in s["load"]["error_samples"]:
             print("  error:", e)
+    if "batching" in sections:
+        from bench import batching
+
+        results["batching"] = batching.run(Path(args.data), searches=16 if args.quick else 64)
+        for setting, rows in results["batching"].items():
+            print(table([{k: v for k, v in r.items() if k != "error_samples"} for r in rows],
+                        f"== concurrent searches, {setting}"))
+    if "map_select" in sections:
+        from app.services import Services
+        from bench import map_select
+
+        services = Services.load(args.model, args.data, cache_dir=str(ROOT / ".cache" / "index"), embedding_map=False,
+                                 shipped=[ROOT / "assets" / "cache"])
+        results["map_select"] = s = map_select.run(services, 100_000, loads=1 if args.quick else 3,
+                                                   selections=3 if args.quick else 5)
+        print(table([{k: v for k, v in s.items() if k not in ("selections", "first_draw_all_s")}],
+                    "== embedding map at 100k synthetic points: first draw, box selection -> table"))
+        print(table(s.get("selections", []), "== each box selection (ms)"))
+        del services
     results["total_s"] = time.perf_counter() - started
     # the two headline figures at the top level (issue 5 asks for them by name)
     if "model" in results:

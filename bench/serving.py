@@ -146,5 +146,5 @@ def run(clients: int, seconds: float, data: Path, first_run: bool) -> dict:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    out["log"] = str(log)
+    out["log"] = log.name  # in $TMPDIR; a file name only: no machine path in results.json
     return out

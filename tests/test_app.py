@@ -471,3 +471,33 @@ def test_a_chain_of_thought_given_by_hand_is_what_the_query_is_embedded_after(se
         search_with_cot(services, "mscoco_task0", "a dog", None, None, "x" * 5000, 5)
     with pytest.raises(UserError, match="empty"):
         search_with_cot(services, "mscoco_task0", "", None, None, "a dog", 5)
+
+
+def test_a_deep_link_is_read_on_load_and_every_figure_and_table_downloads_its_data(evaluated):
+    """The load handler selects the link's tab and hands its view to that tab (a warning for a bad value); the
+    figures' and the benchmark tables' CSVs hold the frames they are drawn from (browser: test_browser_links)."""
+    import types
+
+    import gradio as gr
+    import pandas as pd
+
+    from analysis.difficulty import bias_sweep, by_band
+    from app.benchmark_tab import comparison_table, run_table
+    from app.ui import build_app
+
+    demo = build_app(evaluated)  # what the page's load event runs, called with a request's query parameters
+    restore = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "restore")
+    with pytest.warns(UserWarning, match="'nope_task9' that does not exist"):
+        tabs, tab, to_search, to_walk, qs = restore(types.SimpleNamespace(query_params={
+            "tab": "walkthrough", "task": "nope_task9", "q": "a dog"}))
+    assert tabs.selected == tab == "walkthrough" and to_search == gr.skip()
+    assert to_walk.view.text == "a dog" and to_walk.run and qs.startswith("tab=walkthrough&task=")
+    assert restore(types.SimpleNamespace(query_params={}))[2:4] == (gr.skip(), gr.skip())  # a plain address
+    csvs = {b.elem_id: pd.read_csv(b.value["path"]) for b in demo.blocks.values() if isinstance(b, gr.DownloadButton)
+            and b.value}
+    pd.testing.assert_frame_equal(csvs["fig-reasoning-vs-difficulty-csv"],
+                                  by_band(evaluated.queries, 5).astype({"difficulty": str}), check_dtype=False)
+    pd.testing.assert_frame_equal(csvs["fig-cost-benefit-csv"], bias_sweep(evaluated.queries, k=5), check_dtype=False)
+    b = evaluated.benchmark  # the Benchmark tab's first table, as a CSV
+    name, shown = ("per-pair-and-mode", comparison_table(b)) if "runs" in b else ("full-metrics", run_table(b))
+    pd.testing.assert_frame_equal(csvs[f"benchmark-{name}-csv"], shown, check_dtype=False)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import pytest
 
 from tests.app_fixture import build_services
+from tests.browser_fixture import CHROMIUM, chromium, serve
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
 sync_api = pytest.importorskip("playwright.sync_api")
 if CHROMIUM is None and os.environ.get("TRACE_REQUIRE_BROWSER") != "1":
     pytest.skip("Debian's chromium is not installed (bash scripts/setup.sh installs it)", allow_module_level=True)
@@ -28,20 +27,13 @@ def services(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_url(services):
-    from app.ui import build_app, css
-
-    demo = build_app(services)
-    demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, css=css())
-    yield url
-    demo.close()
+    with serve(services) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    assert CHROMIUM, "TRACE_REQUIRE_BROWSER=1 but no chromium on PATH"
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -50,7 +42,6 @@ def page(app_url):
         sync_api.expect(page.get_by_role("tab", name="Search", exact=True)).to_be_visible()
         page.page_errors = errors
         yield page
-        browser.close()
 
 
 def _tab(page, name: str) -> None:
@@ -147,10 +138,10 @@ def test_the_header_explains_trace_and_says_this_is_a_demo_model(page):
     sync_api.expect(notice).to_contain_text("it reasons on")  # which tasks reason, from the evaluation
 
 
-def test_an_example_of_the_default_task_finds_its_gold(page, services):
+def test_an_example_of_the_default_task_finds_its_gold(page, services, app_url):
     from app.first_visit import default_task, example_queries
 
-    page.reload()
+    page.goto(app_url, wait_until="load")  # a first visit (the address bar follows the view: no reload)
     panel = _search_panel(page)
     first = example_queries(services, default_task(services), 4)[0]
     rows = panel.locator(".example-queries tbody tr")
@@ -320,11 +311,11 @@ def test_the_routing_bias_slider_shows_p_emb_before_and_after(page, services):
     assert not page.page_errors, page.page_errors
 
 
-def test_editing_the_cot_reembeds_and_shows_how_the_gold_moved(page, services):
+def test_editing_the_cot_reembeds_and_shows_how_the_gold_moved(page, services, app_url):
     from app.first_visit import default_task, example_queries
     from app.usecases import UserError, another_cot, search, search_with_cot
 
-    page.reload()
+    page.goto(app_url, wait_until="load")
     panel = _search_panel(page)
     task = default_task(services)
     ex = example_queries(services, task, 4)[0]

@@ -292,3 +292,23 @@ def test_a_bad_filter_is_a_warning_that_keeps_the_listing(services):
     with pytest.warns(UserWarning, match="k must be"):
         kept = refresh("failures only", "all", 0)
     assert kept == (gr.skip(), gr.skip())
+
+
+def test_the_map_filters_the_table_and_the_table_lights_the_map(services, table):
+    from app.map_tab import MapLink
+
+    with gr.Blocks() as demo:
+        link = MapLink.create()
+        build_errors_tab(services, link)
+    fns = {getattr(f.fn, "__name__", ""): f.fn for f in demo.fns.values()}
+    keys = [[str(p), str(q)] for p, q in zip(table["pair"][:3], table["qid"][:3], strict=True)]
+    shown, summary = fns["refresh"]("all", "all", 5, {"keys": keys, "rev": 1})  # what the map sent
+    assert sorted(map(list, zip(shown["pair"], shown["qid"], strict=True))) == sorted(keys)
+    assert "among the **3** queries selected on the embedding map" in summary
+    sent = fns["send_to_map"]("all", "all", 5, {"keys": keys[:2]})  # "Show these on the map"
+    assert sorted(sent["keys"]) == sorted(keys[:2]) and sent["what"] == "all, all tasks"
+    again = fns["send_to_map"]("all", "all", 5, {"keys": keys[:2]})
+    assert again["rev"] != sent["rev"]  # a second click is news to the map, even with the same rows
+    with pytest.warns(UserWarning, match="lists no query"):
+        assert fns["send_to_map"]("all", "all", 5, {"keys": [["nowhere", "0"]]}) == gr.skip()
+    assert fns["send_to_map"]("all", "all", 5, None)["keys"]  # no map filter: every listed query

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 import numpy as np
+import pandas as pd
 import pytest
 
 import analysis.embedding_map as em
@@ -172,9 +175,14 @@ def test_a_mistake_on_the_map_is_a_warning_that_keeps_the_map(services):
 def test_map_tab_builds_and_sends_the_points_once(services):
     with gr.Blocks() as demo:
         build_map_tab(services)
-    html = [c for c in demo.blocks.values() if isinstance(c, gr.HTML) and "points" in c.props]
+    html = [c for c in demo.blocks.values() if isinstance(c, gr.HTML) and "points_url" in c.props]
     assert len(html) == 1
-    assert len(html[0].props["points"]["x"]) == len(services.map.points)
+    # the points are a static file the page fetches once (not a prop, which the page would compare on updates)
+    path = html[0].props["points_url"].split("gradio_api/file=", 1)[1]
+    sent = json.loads(open(path, encoding="utf-8").read())
+    assert len(sent["x"]) == len(services.map.points)
+    kinds = [sent["kind"]["cats"][c] for c in sent["kind"]["codes"]]
+    assert kinds == services.map.points["kind"].tolist()
 
 
 def test_query_embeddings_of_another_model_are_left_off_the_map(services, tmp_path):
@@ -194,3 +202,149 @@ def test_query_embeddings_of_another_model_are_left_off_the_map(services, tmp_pa
     assert any(pair in n and "do not match" in n for n in other.notes)
     assert (other.map.points["kind"] == "candidate").sum() == (src.points["kind"] == "candidate").sum()
     assert not (other.map.points["pair"] == pair).loc[other.map.points["kind"] != "candidate"].any()
+
+
+# ------------------------------------------------------------------------------------------ lit points
+def _handler(demo, name):
+    return next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def test_the_map_keeps_the_unit_vectors_of_its_points(services):
+    emap = services.map
+    assert emap.vectors.shape[0] == len(emap.points)
+    assert np.linalg.norm(emap.vectors, axis=1) == pytest.approx(1.0, abs=1e-5)
+    task = services.tasks["webqa_task1"]
+    did = task.index.ids[3]
+    n = emap.candidate_point(did)
+    assert emap.vectors[n] == pytest.approx(task.index.embeddings[3], abs=1e-5)  # the index's own vector
+    assert emap.sample.sentence().startswith("Showing all")
+
+
+def test_a_box_selection_lists_its_points_from_the_map_not_from_the_page(services):
+    from app.map_tab import lit_summary, lit_table, select_points
+
+    emap = services.map
+    q = emap.query_point(*services.queries[["pair", "qid"]].iloc[0])
+    lit = select_points(services, [q, 0, 2, 2])
+    assert lit.points == [0, 2, q]
+    table = lit_table(services, lit)
+    assert table["point"].tolist() == [0, 2, q]
+    assert table["id"].tolist() == emap.points["id"].iloc[[0, 2, q]].tolist()
+    row = services.queries.iloc[0]
+    assert table["gold rank"].iloc[2] == str(int(row["gold_rank"])) and table["route"].iloc[2] == row["route"]
+    assert table["route"].iloc[0] == "" and table["gold rank"].iloc[0] == ""
+    assert "**3 points** selected" in lit_summary(services, lit)
+    with pytest.raises(UserError, match="holds no point"):
+        select_points(services, [])
+    with pytest.raises(UserError, match="not on the map"):
+        select_points(services, [len(emap.points)])
+
+
+def test_a_map_search_lights_the_nearest_items_by_cosine(services):
+    from analysis.map_selection import kinds_mask
+    from app.map_tab import search_map
+
+    lit = search_map(services, "webqa_task1", "who painted it?", 6)
+    query = search(services, "webqa_task1", "who painted it?", None, None, "never", 1).result.embedding
+    emap = services.map
+    cos = emap.vectors @ query
+    allowed = np.flatnonzero(kinds_mask(emap.points))
+    expected = sorted(allowed, key=lambda r: (-cos[r], r))[:6]
+    assert lit.points == expected and lit.similarity == pytest.approx(cos[expected].tolist(), abs=1e-4)
+    assert lit.kind == "search" and "embedded as a query" in lit.about
+    # a task without text-only queries: the text is matched against the labels instead, and said so
+    label = str(emap.points.loc[emap.points["kind"] == "candidate", "label"].iloc[0])
+    word = label.split()[-1]
+    matched = search_map(services, "cirr_task7", word, 5)
+    assert matched.similarity is None and "matched, not embedded" in matched.about
+    assert all(word.lower() in (str(emap.points["label"].iloc[n]) + emap.points["id"].iloc[n]).lower()
+               for n in matched.points)
+    with pytest.raises(UserError, match="Type something"):
+        search_map(services, "webqa_task1", "  ", 5)
+
+
+def test_a_clicked_point_lists_its_nearest_neighbours_in_embedding_space(services):
+    from app.map_tab import neighbours_lit
+
+    emap = services.map
+    n = emap.candidate_point(services.tasks["mscoco_task0"].index.ids[0])
+    lit = neighbours_lit(services, n, 4)
+    assert lit.points[0] == n and lit.similarity[0] == 1.0 and len(lit.points) == 5
+    cos = emap.vectors @ emap.vectors[n]
+    allowed = [r for r in np.flatnonzero(emap.points["kind"] != "query (direct)") if r != n]
+    assert lit.points[1:] == sorted(allowed, key=lambda r: (-cos[r], r))[:4]
+    with gr.Blocks() as demo:
+        build_map_tab(services)
+    value, desc, _, table, gallery, summary, current = _handler(demo, "on_pick")(4, gr.EventData(None, {"point": n}))
+    assert value["lit"] == lit.points[1:] and value["focus"]["x"] == pytest.approx(emap.xy[n][0], abs=1e-3)
+    assert table["point"].tolist() == lit.points and "nearest neighbours in embedding space" in summary
+    assert current.points == lit.points and gallery  # mscoco candidates are images
+    with pytest.warns(UserWarning, match="not on the map"):
+        out = _handler(demo, "on_pick")(4, gr.EventData(None, {"point": 10**6}))
+    assert out[0] == gr.skip() and out[3] == gr.skip()
+
+
+def test_the_tab_handlers_select_clear_and_export(services, tmp_path, capsys):
+    from app.map_tab import export_lit
+
+    with gr.Blocks() as demo:
+        build_map_tab(services)
+    on_select = _handler(demo, "on_select")
+    value, table, gallery, summary, lit = on_select(gr.EventData(None, {"points": [5, 1, 3]}))
+    assert value == gr.skip() and table["point"].tolist() == [1, 3, 5] and lit.points == [1, 3, 5]
+    value, table, _, summary, lit = on_select(gr.EventData(None, {"points": []}))
+    assert "holds no point" in capsys.readouterr().out  # gr.Info, printed outside a request
+    assert lit is None and table.empty and summary.startswith("Nothing is selected")
+    value, *_, lit = on_select(gr.EventData(None, {"points": [], "cleared": True}))
+    assert "rev" in value and "lit" not in value and lit is None  # the page's highlight is reset
+    with pytest.warns(UserWarning, match="not on the map"):
+        on_select(gr.EventData(None, {"points": [-3]}))
+    csv_path, json_path = export_lit(services, select_points_of(services, range(len(services.map.points))), tmp_path)
+    csv = pd.read_csv(csv_path)
+    assert len(csv) == len(services.map.points) and csv["id"].astype(str).tolist() == \
+        services.map.points["id"].astype(str).tolist()
+    doc = json.loads(json_path.read_text())
+    assert len(doc["rows"]) == len(csv) and doc["about"]["map"] == services.map.fingerprint
+    csv_btn, json_btn = _handler(demo, "exports")(select_points_of(services, [0, 1]))
+    assert csv_btn.interactive and json_btn.interactive
+    assert pd.read_csv(csv_btn.value["path"])["point"].tolist() == [0, 1]  # the copy gradio serves
+    assert [r["point"] for r in json.loads(open(json_btn.value["path"]).read())["rows"]] == [0, 1]
+    none_csv, _ = _handler(demo, "exports")(None)
+    assert none_csv.interactive is False and none_csv.value is None
+
+
+def select_points_of(services, points):
+    from app.map_tab import select_points
+
+    return select_points(services, list(points))
+
+
+def test_the_map_and_the_error_table_send_each_other_their_queries(services):
+    from app.errors_tab import build_errors_tab, listing, map_keys
+    from app.map_tab import MapLink, errors_lit, keys_of
+
+    shown = listing(services, "all", "webqa_task1", 5)
+    sent = map_keys(shown, "all, webqa_task1")
+    lit = errors_lit(services, sent)
+    emap = services.map
+    expected = sorted(emap.query_point(p, q, kind) for p, q in zip(shown["pair"], shown["qid"], strict=True)
+                      for kind in ("query (direct)", "query (final)"))
+    assert lit.points == expected
+    keys = keys_of(services, lit)
+    assert sorted(map(tuple, keys)) == sorted(zip(shown["pair"], shown["qid"], strict=True))
+    back = listing(services, "all", "all", 5, {"keys": keys[:2]})  # the error table, filtered to two of them
+    assert sorted(zip(back["pair"], back["qid"], strict=True)) == sorted(map(tuple, keys[:2]))
+    with pytest.raises(UserError, match="only candidates"):
+        keys_of(services, select_points_of(services, [0]))
+    with pytest.raises(UserError, match="no query"):
+        errors_lit(services, {"keys": []})
+    with gr.Blocks() as demo:
+        link = MapLink.create()
+        build_map_tab(services, link)
+        build_errors_tab(services, link)
+    with pytest.warns(UserWarning, match="only candidates"):
+        assert _handler(demo, "send_to_errors")(select_points_of(services, [0])) == gr.skip()
+    out = _handler(demo, "send_to_errors")(lit)
+    assert sorted(map(tuple, out["keys"])) == sorted(map(tuple, keys))
+    value, table, *_ = _handler(demo, "from_errors")(sent)
+    assert value["lit"] == expected and sorted(table["point"]) == expected

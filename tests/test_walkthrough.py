@@ -13,12 +13,11 @@ import torch
 from PIL import Image
 
 from app.usecases import UserError
-from app.walkthrough_tab import (
+from app.walkthrough_tab import N_OUTPUTS, build_walkthrough_tab, run_walkthrough
+from app.walkthrough_view import (
     EMB_COLOUR,
-    build_walkthrough_tab,
     decision_figure,
     decision_words,
-    run_walkthrough,
     token_strip,
     walkthrough,
 )
@@ -275,11 +274,11 @@ def test_bad_input_is_a_clear_message_and_the_handler_keeps_working(services):
 
     with pytest.warns(UserWarning, match="empty"):  # a warning; every output keeps what it shows
         [kept] = list(run_walkthrough(services, "mscoco_task0", None, "", None, "auto", 0.0, 5, ""))
-    assert len(kept) == 11 and all(o == gr.skip() for o in kept)
+    assert len(kept) == N_OUTPUTS and all(o == gr.skip() for o in kept)
     assert not services.model_lock.locked()
     outs = list(run_walkthrough(services, "webqa_task1", None, "who?", None, "always", 0.0, 2, ""))
-    assert len(outs[0]) == 11 and isinstance(outs[0][3], go.Figure)  # steps 1 and 2 come first
-    assert len(outs[-1]) == 11 and len(outs[-1][9]) == 2
+    assert len(outs[0]) == N_OUTPUTS and isinstance(outs[0][3], go.Figure)  # steps 1 and 2 come first
+    assert len(outs[-1]) == N_OUTPUTS and len(outs[-1][9]) == 2
 
 
 def test_examples_are_benchmark_queries_of_the_task(services):
@@ -306,5 +305,140 @@ def test_tab_builds_with_model_calls_in_the_model_queue(services):
         with gr.Tab("Walkthrough"):
             build_walkthrough_tab(services)
     model_fns = [f for f in demo.fns.values() if f.concurrency_id == "model"]
-    assert len(model_fns) == 2 and all(f.concurrency_limit == 1 for f in model_fns)
+    # walk through (button, example, deep link) and re-embed (button, blank, another query's thought)
+    assert len(model_fns) == 6 and all(f.concurrency_limit == 1 for f in model_fns)
     assert all(f.api_visibility == "private" for f in demo.fns.values())
+
+
+# ------------------------------------------------------------------------------------------ the figure's data
+def test_the_figures_csv_is_the_table_it_is_drawn_from(services, encoder):
+    import pandas as pd
+
+    from app.walkthrough_tab import FIGURE
+    from app.walkthrough_view import FRAME_COLUMNS, decision_frame
+
+    first = first_step(encoder, _query(), top=10)
+    frame = decision_frame(first)
+    fig = decision_figure(first, frame)
+    assert list(frame.columns) == FRAME_COLUMNS and len(frame) == len(fig.data[0].y)
+    np.testing.assert_allclose(list(fig.data[0].y), frame["probability"])
+    assert list(fig.data[0].customdata) == list(frame["token_id"])
+    assert [c == EMB_COLOUR for c in fig.data[0].marker.color] == [k == "emb" for k in frame["kind"]]
+    assert list(frame["rank"]) == [t.rank for t in first.top] + ([] if frame["kind"].iloc[:10].eq("emb").any()
+                                                                 else [first.step.emb_rank])
+    # <|emb|> is always a row: in the top, or added after it with its own rank and probability
+    emb = frame[frame["kind"] == "emb"].iloc[0]
+    assert emb["token_id"] == encoder.backbone.emb_token_id and emb["probability"] == pytest.approx(first.step.p_emb)
+    # the same figure as before the table existed (built from the first step alone)
+    assert decision_figure(first).to_dict() == fig.to_dict()
+    # the handler sends the CSV with the figure, written whole, under the figure's name
+    outs = list(run_walkthrough(services, "webqa_task1", None, "who painted it?", None, "auto", 0.0, 3, ""))
+    button = outs[0][11]
+    path = button.value["path"]
+    assert button.visible and path.endswith("/walkthrough-first-step-next-token-probabilities.csv"), FIGURE
+    csv = pd.read_csv(path, keep_default_na=False)
+    assert list(csv.columns) == FRAME_COLUMNS
+    np.testing.assert_allclose(csv["probability"], outs[0][3].data[0].y, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ the CoT by hand
+def test_a_walkthrough_keeps_its_query_so_its_thought_can_be_edited(services):
+    import gradio as gr
+
+    from app.display import BEFORE_AFTER_HEADERS, before_after_rows
+    from app.usecases import edit_cot, search, search_with_cot
+    from app.walkthrough_tab import run_edit
+
+    t = services.tasks["mscoco_task0"]
+    q = t.queries[1]
+    view = walkthrough(services, "mscoco_task0", q.text, None, None, "always", 0.0, 4, q.qid)
+    before = view.search
+    assert before.query is not None and before.query.qid == q.qid and before.query.text == q.text
+    assert before.query is view.walk.query  # the query the model read, not a copy built again
+    # the walkthrough's ranking is the search's with the same thought
+    own = search(services, "mscoco_task0", q.text, None, None, "always", 4, q.qid)
+    assert [h.did for h in before.hits] == [h.did for h in own.hits] and before.gold_rank == own.gold_rank
+    # blank: embedded at once, so the gold lands where reasoning off puts it
+    direct = search(services, "mscoco_task0", q.text, None, None, "never", 4, q.qid)
+    md, table, note = run_edit(services, before, "")
+    assert f"Gold rank **{own.gold_rank} → {direct.gold_rank}** with a blank CoT" in md and note == ""
+    assert "the walkthrough's top-4" in md
+    assert table.visible and [r[0] for r in table.value["data"]] == [1, 2, 3, 4]
+    # a thought by hand: the ranking of that embedding, side by side with the model's own
+    thought = "A photo of an animal indoors."
+    written = search_with_cot(services, "mscoco_task0", q.text, None, None, thought, 4, q.qid)
+    md, table, _ = run_edit(services, before, thought)
+    assert f"Gold rank **{own.gold_rank} → {written.gold_rank}** with the edited CoT" in md
+    rows = before_after_rows(edit_cot(services, before, thought))
+    assert len(BEFORE_AFTER_HEADERS) == 3 and len(rows) == 4
+    for (r, b, a), hb, ha in zip(rows, before.hits, written.hits, strict=True):
+        assert r == hb.rank == ha.rank
+        assert hb.caption in b and ha.caption in a and f"({ha.score:.3f})" in a
+        assert a.startswith("✓ ") == ha.gold and b.startswith("✓ ") == hb.gold
+        assert a.endswith("(new)") == (ha.did not in {h.did for h in before.hits})
+    # mistakes: a warning and a note; the last results stay
+    with pytest.warns(UserWarning, match="too long"):
+        md, table, note = run_edit(services, before, "x" * 2100)
+    assert md == gr.skip() and table == gr.skip() and "too long" in note
+    with pytest.warns(UserWarning, match="first"):
+        assert run_edit(services, None, "a thought")[0] == gr.skip()
+
+
+def test_another_querys_thought_needs_an_evaluation(services):
+    import dataclasses
+
+    import gradio as gr
+    import pandas as pd
+
+    from app.walkthrough_tab import borrow_cot
+
+    t = services.tasks["mscoco_task0"]
+    view = walkthrough(services, "mscoco_task0", t.queries[0].text, None, None, "never", 0.0, 3, t.queries[0].qid)
+    with pytest.warns(UserWarning, match="No evaluation is loaded"):  # this fixture loads none
+        box, note, go_on = borrow_cot(services, view.search)
+    assert box == gr.skip() and "No evaluation" in note and go_on is False
+    with pytest.warns(UserWarning, match="Walk through a query first"):
+        assert borrow_cot(services, None)[2] is False
+    other = t.queries[2]
+    table = pd.DataFrame({"pair": ["mscoco_task0"] * 2, "qid": [t.queries[0].qid, other.qid],
+                          "cot": ["its own", "someone else's thought"]})
+    box, note, go_on = borrow_cot(dataclasses.replace(services, queries=table), view.search)
+    assert box == "someone else's thought" and other.qid in note and go_on is True
+
+
+def test_the_edit_section_opens_after_a_walkthrough_with_the_models_thought(services):
+    outs = list(run_walkthrough(services, "webqa_task1", None, "who painted it?", None, "always", 0.0, 3, ""))
+    walked, section, box, md, table, note = outs[0][12:]
+    assert walked is None and section.visible is False and not table.visible  # hidden while the model runs
+    walked, section, box, md, table, note = outs[-1][12:]
+    assert section.visible is True and walked.result.cot == box and box and table.visible is False
+    assert md == "" and note == ""
+
+
+def test_a_deep_link_fills_the_walkthrough_and_runs_it(services):
+    import gradio as gr
+
+    from app.links import Restored, View
+
+    with gr.Blocks() as demo:
+        slots = build_walkthrough_tab(services)
+    task, text, qid, mode, bias = slots.fields
+    assert isinstance(task, gr.Dropdown) and isinstance(slots.restore, gr.State) and isinstance(bias, gr.Slider)
+    apply = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "apply_link")
+    t = services.tasks["cirr_task7"]
+    q = t.queries[0]
+    out = apply(Restored(View("walkthrough", "cirr_task7", "", q.qid, "always", -1.5), (), True))
+    assert out[0] == "cirr_task7" and out[1].value == q.text and out[2].value is not None  # its image
+    assert out[3:] == (q.qid, t.instructions[0], "always", -1.5, True)
+    out = apply(Restored(View("walkthrough", "webqa_task1", "who?"), (), True))
+    assert out[1].value == "who?" and out[2].value is None and out[3] == "" and out[-1] is True
+    assert all(o == gr.skip() for o in apply(None)[:-1]) and apply(None)[-1] is False
+    # a new task keeps a benchmark query of its own (a link sets both at once; the qid State is read when the
+    # handler runs) and drops any other; it never sends the query text back (the value it would read can be
+    # older than the event that set the task), only hides and clears it where the task takes no text
+    change = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "change_task")
+    _, instr, kept, text_out, image_out = change("cirr_task7", q.qid)
+    assert kept == q.qid and text_out.constructor_args == {"visible": True} and image_out.visible is True
+    _, instr, kept, text_out, image_out = change("webqa_task1", q.qid)
+    assert kept == "" and instr == services.tasks["webqa_task1"].instructions[0]
+    assert image_out.visible is False and image_out.value is None and text_out.constructor_args["visible"] is True

@@ -1,0 +1,87 @@
+"""Concurrent searches with and without the micro-batching queue, side by side in one run.
+
+Starts `python app.py` twice (`--no-batching`, then the default), and for 1, 4 and 16 gradio_client clients
+sends searches through the `/search` API: every client sends the same number of searches, one after another,
+all clients starting together. Queries mix simple and complex ones (the model reasons on the complex), in auto
+mode. Reported per setting and client count: throughput, p50 and p95 latency, errors, and p95 over the
+single-client p50 of the same setting (the issue's target: <= 3 with 16 clients).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from pathlib import Path
+
+from bench.common import percentile
+from bench.serving import start_app
+
+# Text tasks of the bundled benchmark: definitions (complex ones reason), text edits, and plain names.
+TASKS = ("emoji_task1", "emoji_task2", "emoji_task0")
+
+
+def queries(root: Path, per_task: int = 12) -> list[tuple[str, str]]:
+    out = []
+    for name in TASKS:
+        f = root / "query" / "test" / f"mbeir_{name}_test.jsonl"
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        out += [(name, r["query_txt"]) for r in rows[:per_task]]
+    return out
+
+
+def load(url: str, clients: int, per_client: int, pool: list[tuple[str, str]], seed: int = 0) -> dict:
+    from gradio_client import Client
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    conns = [Client(url, verbose=False) for _ in range(clients)]  # connected before the clock starts
+    start = threading.Barrier(clients)
+
+    def worker(i: int) -> None:
+        rng = random.Random(seed + i)
+        start.wait()
+        for _ in range(per_client):
+            task, text = rng.choice(pool)
+            t = time.perf_counter()
+            try:
+                out = conns[i].predict(text, None, task, "auto", 10, api_name="/search")
+                if len(out["hits"]) != 10:
+                    raise ValueError(f"unexpected answer: {str(out)[:200]}")
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+            except Exception as exc:  # noqa: BLE001 - counted, reported
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    return {"clients": clients, "searches": len(latencies), "errors": len(errors), "error_samples": errors[:3],
+            "seconds": wall, "searches_per_s": len(latencies) / wall,
+            "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95)}
+
+
+def run(data: Path, client_counts=(1, 4, 16), searches: int = 48) -> dict:
+    """`searches`: about how many each client count sends in all (at least 2 per client)."""
+    pool = queries(data)
+    out: dict = {}
+    for setting, flags in (("one at a time", ["--no-batching"]), ("micro-batched", [])):
+        proc, url, _, log = start_app(flags)
+        try:
+            load(url, 1, 2, pool, seed=99)  # warm-up: first calls pay for lazy imports
+            rows = [load(url, n, max(2, searches // n), pool) for n in client_counts]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        single = rows[0]["p50_s"]
+        for r in rows:
+            r["p95_over_single_p50"] = r["p95_s"] / single if single else float("nan")
+        out[setting] = rows
+    return out

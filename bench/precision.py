@@ -1,0 +1,142 @@
+"""Precision: chain-of-thought decoding against the machine's memory-bandwidth bound, fp32 and int8 side by side.
+
+Decoding one token at batch 1 reads every weight the step uses once, so its speed limit is the machine's memory
+bandwidth over the bytes read per token. Measured here, on one thread (the app serves on one):
+- bandwidth: a single-threaded sum over a 1 GiB float32 tensor (a streaming read), median of 5, in GB/s;
+- bytes per token: the LM's weights a decode step reads (every linear layer, norms, one embedding row,
+  `<|emb|>`'s output row), from the loaded modules, so int8's smaller head counts as int8; the KV cache of these
+  short prompts (under 1 MB) is left out;
+- tokens/s: the time between the first and the last generated token of `stream_query` (prefill excluded),
+  reasoning forced, fp32 and int8 alternated, medians;
+- ratio = tokens/s / (GB/s / bytes per token), the share of the bound reached.
+Also per precision: candidates/s (one batched forward; int8 leaves this path unchanged), single-search latency
+of a direct-routed and of a reasoning query (encode + exact search in the pool), and the held-out recall of the
+two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench reads their results.json, it
+does not rerun them).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.model import _queries
+from trace_core.embed_pool import pool_index
+from trace_core.loading import load_model
+from trace_core.mbeir import discover_pairs, load_pair
+from trace_core.records import CotDelta, QueryResult
+
+
+def memory_gbps(gib: float = 1.0, repeats: int = 5) -> float:
+    a = torch.ones(int(gib * (1 << 30)) // 4)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a.sum()
+        rates.append(a.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    del a
+    return statistics.median(rates)
+
+
+def bytes_per_token(lm: nn.Module, extra_params: int = 0) -> int:
+    """Weight bytes one decode step reads: every linear layer (int8 ones at one byte a weight plus their
+    scales), every norm, one row of the input embeddings; `extra_params` float32 values besides."""
+    total = extra_params * 4
+    for module in lm.modules():
+        if isinstance(module, nn.Embedding):
+            total += module.weight.shape[1] * module.weight.element_size()
+        elif isinstance(module, nn.Linear):
+            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+        elif type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
+            w = module.weight()  # packed int8 weight: one byte each, plus a float scale per row
+            total += w.numel() + w.shape[0] * 4
+        elif "Norm" in type(module).__name__:
+            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+    return total
+
+
+def decode_rate(encoder, query) -> tuple[float, int]:
+    """Tokens/s between the first and the last generated token (prefill excluded), and the token count."""
+    stamps = []
+    for ev in encoder.stream_query(query, reasoning="always"):
+        if isinstance(ev, CotDelta):
+            stamps.append((time.perf_counter(), ev.n_tokens))
+        elif isinstance(ev, QueryResult):
+            n = ev.cot_tokens
+    if len(stamps) < 2:
+        return float("nan"), n
+    (t0, n0), (t1, n1) = stamps[0], stamps[-1]
+    return (n1 - n0) / (t1 - t0), n
+
+
+def search_latency(encoder, index, query, reasoning: str) -> tuple[float, str, int]:
+    t = time.perf_counter()
+    r = encoder.encode_queries([query], reasoning=reasoning)[0]
+    index.search(r.embedding, 10)
+    return time.perf_counter() - t, r.route, r.cot_tokens
+
+
+def recall(results: Path) -> dict | None:
+    """Mean headline and R@5 of an evaluation (evaluate's results.json, or the report's 'TRACE-mini auto')."""
+    if not results.is_file():
+        return None
+    data = json.loads(results.read_text())
+    run = data["runs"]["TRACE-mini auto"] if "runs" in data else data
+    return {"mean_headline": round(100 * run["average"]["headline"], 2),
+            "mean_recall@5": round(100 * run["average"]["recall@5"], 2),
+            "per_pair_headline": {p: round(100 * m.get("headline", m["recall@5"]), 1) for p, m in run["pairs"].items()}}
+
+
+def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cache_dir: str) -> dict:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoders = {p: load_model(model, precision=p) for p in ("fp32", "int8")}
+        gbps = memory_gbps()
+        complex_, _ = _queries(root, "emoji_task2", max(repeats, 3), route="reason")
+        simple, cands = _queries(root, "emoji_task0", 16)
+        (pair,) = discover_pairs(root, "test", "emoji_task2")
+        _, pool, _ = load_pair(pair)
+        index = pool_index(encoders["fp32"], pool, root, cache_dir, pair.pool_file.stem, progress=False,
+                           shipped=[Path(__file__).resolve().parents[1] / "assets" / "cache"])
+        rates: dict[str, list[float]] = {p: [] for p in encoders}
+        tokens: dict[str, list[int]] = {p: [] for p in encoders}
+        latency = {p: {"direct": [], "reason": []} for p in encoders}
+        cand_rate: dict[str, list[float]] = {p: [] for p in encoders}
+        for e in encoders.values():  # warm-up
+            decode_rate(e, complex_[0])
+        for i in range(repeats):
+            for p, e in encoders.items():  # alternated: drift hits both alike
+                r, n = decode_rate(e, complex_[i % len(complex_)])
+                rates[p].append(r)
+                tokens[p].append(n)
+                t = time.perf_counter()
+                e.encode_candidates(cands, batch_size=len(cands))
+                cand_rate[p].append(len(cands) / (time.perf_counter() - t))
+                for route, q in (("direct", simple[i % len(simple)]), ("reason", complex_[i % len(complex_)])):
+                    s, got, _ = search_latency(e, index, q, "auto")
+                    if got == route:
+                        latency[p][route].append(s)
+        rows = []
+        for p, e in encoders.items():
+            lm = e.backbone.model.lm
+            per_token = bytes_per_token(lm, extra_params=e.backbone.hidden_size + 1)
+            bound = gbps * 1e9 / per_token
+            rate = statistics.median(rates[p])
+            rows.append({
+                "precision": p, "memory_GBps": round(gbps, 1), "MB_per_token": round(per_token / 1e6, 1),
+                "bound_tokens_per_s": round(bound, 1), "cot_tokens_per_s": round(rate, 1),
+                "ratio_to_bound": round(rate / bound, 3),
+                "candidates_per_s": round(statistics.median(cand_rate[p]), 2),
+                "search_direct_s": round(statistics.median(latency[p]["direct"]), 3) if latency[p]["direct"] else None,
+                "search_reasoning_s": round(statistics.median(latency[p]["reason"]), 3) if latency[p]["reason"] else None,
+                "reasoning_cot_tokens": round(statistics.mean(tokens[p]), 1),
+            })
+        return {"rows": rows, "recall": {p: recall(path) for p, path in evaluations.items()}}
+    finally:
+        torch.set_num_threads(before)
