@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import percentile
+from bench.common import percentile, run_clients
 from bench.serving import start_app
 
 # Text tasks of the bundled benchmark: definitions (complex ones reason), text edits, and plain names.
@@ -56,13 +56,7 @@ def load(url: str, clients: int, per_client: int, pool: list[tuple[str, str]], s
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}"[:300])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(clients, worker)
     return {"clients": clients, "searches": len(latencies), "errors": len(errors), "error_samples": errors[:3],
             "seconds": wall, "searches_per_s": len(latencies) / wall,
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95)}

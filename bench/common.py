@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -45,3 +46,14 @@ def table(rows: list[dict], title: str) -> str:
     lines = [title, "  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
     lines += ["  ".join(fmt(r[k]).rjust(w) for k, w in zip(keys, widths, strict=True)) for r in rows]
     return "\n".join(lines)
+
+
+def run_clients(clients: int, worker: Callable[[int], None]) -> float:
+    """worker(0), ..., worker(clients - 1), each on its own thread, all at once; seconds until the last ends."""
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t0

@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import percentile
+from bench.common import percentile, run_clients
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,13 +107,7 @@ def load_test(url: str, clients: int, seconds: float, queries: list[tuple[str, s
                 with lock:
                     errors.append(f"{kind}: {type(exc).__name__}: {exc}"[:300])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t0 = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(clients, worker)
     every = [x for v in latencies.values() for x in v]
     return {"clients": clients, "seconds": wall, "served": len(every), "errors": len(errors),
             "error_samples": errors[:5], "requests_per_s": len(every) / wall,

@@ -37,3 +37,15 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def open_page(browser, url: str, **options):
+    """A 1400 x 1000 page at `url` that records the page's JavaScript errors in `page.page_errors`; a loaded
+    2-core machine renders slowly, so actions wait up to 60 s."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, **options)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(60_000)
+    page.page_errors = errors
+    page.goto(url, wait_until="load")
+    return page

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from tests.app_fixture import build_services
-from tests.browser_fixture import CHROMIUM, chromium, serve
+from tests.browser_fixture import CHROMIUM, chromium, open_page, serve
 
 sync_api = pytest.importorskip("playwright.sync_api")
 if CHROMIUM is None and os.environ.get("TRACE_REQUIRE_BROWSER") != "1":
@@ -34,13 +34,8 @@ def app_url(services):
 @pytest.fixture(scope="module")
 def page(app_url):
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(60_000)  # a loaded 2-core machine renders slowly
-        page.goto(app_url, wait_until="load")
+        page = open_page(browser, app_url)
         sync_api.expect(page.get_by_role("tab", name="Search", exact=True)).to_be_visible()
-        page.page_errors = errors
         yield page
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from tests.app_fixture import build_services
-from tests.browser_fixture import CHROMIUM, chromium, serve
+from tests.browser_fixture import CHROMIUM, chromium, open_page, serve
 
 sync_api = pytest.importorskip("playwright.sync_api")
 if CHROMIUM is None and os.environ.get("TRACE_REQUIRE_BROWSER") != "1":
@@ -61,14 +61,9 @@ def app_url(services):
 @pytest.fixture(scope="module")
 def page(app_url):
     with chromium() as browser:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.set_default_timeout(60_000)  # a loaded 2-core machine renders slowly
         # a deep link to the map: the page's load event, which selects the tab a link names, keeps it there
-        page.goto(app_url.rstrip("/") + "/?tab=map", wait_until="load")
+        page = open_page(browser, app_url.rstrip("/") + "/?tab=map", accept_downloads=True)
         sync_api.expect(page.get_by_role("tab", name="Embedding map", exact=True)).to_be_visible()
-        page.page_errors = errors
         yield page
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+from .backbones.base import RenderedPrompt
 from .encoder import CotStream
 from .records import (
     CotDelta,
@@ -46,6 +47,7 @@ class _Request:
     bias: float
     no_repeat_ngram: int | None
     first_step: bool
+    prompt: RenderedPrompt | None = None  # rendered by `stream`, used by the batch
     events: queue.Queue = field(default_factory=queue.Queue)  # what `stream` yields, then _END
 
 
@@ -86,8 +88,8 @@ class MicroBatcher:
         Bad settings raise here, in the caller's thread, before anything is queued."""
         req = _Request(query, check_reasoning(reasoning), check_routing_bias(routing_bias),
                        None if no_repeat_ngram is None else check_no_repeat_ngram(no_repeat_ngram), first_step)
-        # A query that cannot be rendered (a corrupt image) must fail alone, not take its batch down with it.
-        self.encoder.render_query(query)
+        # Rendered here, in the caller's thread: a query that cannot be (a corrupt image) fails alone, not its batch.
+        req.prompt = self.encoder.render_query(query)
         self._pending.put(req)
         while True:
             item = req.events.get()
@@ -143,7 +145,8 @@ class MicroBatcher:
         self.stats.largest = max(self.stats.largest, len(batch))
         streams = [CotStream(self.encoder.backbone.decode) for _ in batch]
         events = self.encoder._run([r.query for r in batch], [r.reasoning for r in batch],
-                                   [r.bias for r in batch], None, [r.no_repeat_ngram for r in batch])
+                                   [r.bias for r in batch], None, [r.no_repeat_ngram for r in batch],
+                                   prompts=[r.prompt for r in batch])
         for ev in events:
             req = batch[ev.row]
             if ev.kind == "first":

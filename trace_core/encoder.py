@@ -226,12 +226,13 @@ class TraceEncoder:
 
     def _run(self, queries: list[Query], reasoning: ReasoningMode | Sequence[ReasoningMode],
              bias: float | Sequence[float], top_tokens: int | None = None,
-             no_repeat_ngram: int | None | Sequence[int | None] = None) -> Iterator[_Event]:
+             no_repeat_ngram: int | None | Sequence[int | None] = None,
+             prompts: Sequence[RenderedPrompt] | None = None) -> Iterator[_Event]:
         """The TRACE decoding loop for one batch; yields first steps, generated tokens and finished results.
 
         `reasoning`, `bias` and `no_repeat_ngram` are one value for the whole batch or one per query: queries of
         different visitors, each with its own settings, share one prefill and one batched decode
-        (`trace_core.batcher`)."""
+        (`trace_core.batcher`). `prompts`: the queries' rendered prompts when the caller has them already."""
         n = len(queries)
         modes = [check_reasoning(m) for m in _per_row(reasoning, n, "reasoning")]
         biases = [check_routing_bias(b) for b in _per_row(bias, n, "routing_bias")]
@@ -240,7 +241,7 @@ class TraceEncoder:
         bb, emb = self.backbone, self.backbone.emb_token_id
         top = self.config.top_tokens if top_tokens is None else top_tokens
         t0 = time.perf_counter()
-        prompts = [self.render_query(q) for q in queries]
+        prompts = list(prompts) if prompts is not None else [self.render_query(q) for q in queries]
         out = bb.prefill(prompts, with_logits=True)  # hidden [B, H], logits [B, V]
         steps = [decide_route(row, emb, bb.stop_token_ids, modes[i], biases[i], self.style.can_reason, top)
                  for i, row in enumerate(out.logits.float().cpu())]
