@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -16,7 +17,7 @@ from tests.test_train import COT, _label, _mini, assert_resume_is_exact
 from trace_core.batching import GroupSampler, not_negatives, pair_group, parse_group_weights
 from trace_core.prompts import TRACE_STYLE
 from trace_core.records import Candidate, Query
-from trace_core.train import Example, TrainConfig, Trainer, _boolean, load_examples
+from trace_core.train import Example, TrainConfig, Trainer, _boolean, load_examples, swap_name
 
 V2 = dict(random_instruction=False, hard_negatives=False, self_cot_from=1.0)  # each test turns on what it tests
 
@@ -30,7 +31,7 @@ def _v2(fx: dict) -> Path:
     lines = [json.loads(line) for line in qf.read_text().splitlines()]
     lines[1]["neg_cand_list"] = ["9:6"]
     lines[2]["neg_cand_list"] = ["9:7", "9:77"]
-    lines[2]["target_name"], lines[2]["kind"] = "a pizza", "sibling"  # new keys the trainer ignores
+    lines[2]["target_name"], lines[2]["kind"] = "a pizza", "sibling"  # the name is read (wrong CoTs), kind not
     qf.write_text("".join(json.dumps(line) + "\n" for line in lines))
     cirr = [json.loads(line) for line in fx["query_files"]["cirr_task7"].read_text().splitlines()]
     for line in cirr:
@@ -57,6 +58,8 @@ def test_hard_negatives_are_read_from_the_pool(data):
     coco = examples["mscoco_task0"]
     negs = {ex.query.qid: [c.did for c in ex.negatives] for ex in coco}
     assert negs == {"9:100": [], "9:101": ["9:6"], "9:102": ["9:7"], "9:103": []}  # 9:77: not in the pool
+    names = {ex.query.qid: (ex.target_name, ex.ref_name) for ex in coco}
+    assert names == {"9:100": (None, None), "9:101": (None, None), "9:102": ("a pizza", None), "9:103": (None, None)}
     neg = _by_qid(coco)["9:101"].negatives[0]
     assert neg.image is not None and Path(neg.image).is_file()
     assert {pair_group(e) for e in examples.values()} == {"complex", "text"}
@@ -241,3 +244,66 @@ def test_resume_with_the_v2_state_continues_exactly(data, lm_dir, tmp_path):
     assert {r["group"] for r in a} == {"complex", "text"}
     assert any(r["self_cot"] > 0 for r in a[3:])  # the resumed part used self-generated CoTs
     assert all(r["self_cot"] == 0 for r in a[:1])  # not before self_cot_from
+
+
+def test_swap_name_writes_a_wrong_but_consistent_cot():
+    cot = "Start: woman runner: light skin tone. Edit: man, dark skin tone. Target: man runner: dark skin tone."
+    # the words that tell target and negative apart change everywhere but in the reference
+    assert swap_name(cot, "man runner: dark skin tone", "woman runner: medium skin tone",
+                     keep="woman runner: light skin tone") == (
+        "Start: woman runner: light skin tone. Edit: woman, medium skin tone. "
+        "Target: woman runner: medium skin tone.")
+    # every mention of a plain name, any case, whole words only
+    assert swap_name("This describes a Scooter. Target: the scooter emoji.", "scooter", "minibus") == \
+        "This describes a minibus. Target: the minibus emoji."
+    assert swap_name("Target: the man emoji.", "woman", "boy") is None  # "man" is not "woman"
+    # nothing to corrupt: the name is only inside the kept reference, or the names are the same
+    assert swap_name("Reference: baby. Edit: default yellow.", "baby", "child", keep="baby") is None
+    assert swap_name("Target: baby.", "Baby", "baby") is None
+
+
+def test_wrong_cot_rows_embed_after_a_cot_naming_their_negative(data, lm_dir, tmp_path):
+    coco = _by_qid(load_examples(data)["mscoco_task0"])
+    cot = "Start: a bus. Edit: red. Target: a red bus."
+    # a reason row whose hard negative is the positive of a named row, and that row
+    a = dataclasses.replace(coco["9:101"], cot=cot, target_name="a red bus", negatives=(coco["9:102"].positive,))
+    b = dataclasses.replace(coco["9:102"], target_name="a blue bus", negatives=())
+    model = _mini(lm_dir)
+    seen = []
+    fwd = model.forward_train
+
+    def spy(prompts, targets=None, features=None):
+        if targets is not None:
+            seen.append([model.tokenizer.decode(t[:-1]) for t in targets])
+        return fwd(prompts, targets, features)
+
+    model.forward_train = spy
+    on = dict(V2, hard_negatives=True, cot_noise_prob=1.0, steps=10, cot_noise_from=0.5)
+    trainer = Trainer(model, TRACE_STYLE, {"mscoco_task0": [a, b]}, tmp_path, TrainConfig(**on))
+    assert trainer.names[b.positive.did] == "a blue bus"
+    with torch.no_grad():
+        early = trainer.losses([a, b])  # step 0 < cot_noise_from x steps: the teacher's CoT only
+        trainer.step = 5
+        late = trainer.losses([a, b])
+    assert float(early["wrong_cot"]) == 0 and float(late["wrong_cot"]) == pytest.approx(1 / 2)
+    assert len(seen[0]) == 2 and seen[0][0].strip() == cot  # the CE's forward: the teacher CoT
+    assert seen[-1] == ["Start: a bus. Edit: blue. Target: a blue bus."]  # then row 0 again, wrong
+    torch.testing.assert_close(late["ce"], early["ce"])  # the CE is still the teacher's
+    assert abs(float(late["nce"]) - float(early["nce"])) > 1e-5  # row 0 embeds after the wrong CoT
+    torch.testing.assert_close(late["nce_direct"], early["nce_direct"])
+    # by default what the wrong CoT names is no negative of its row; counted as one, the loss differs
+    pushed = Trainer(model, TRACE_STYLE, {"mscoco_task0": [a, b]}, tmp_path / "pushed",
+                     TrainConfig(**dict(on, cot_noise_named_negative=True)))
+    pushed.step = 5
+    with torch.no_grad():
+        away = pushed.losses([a, b])
+    assert float(away["wrong_cot"]) == pytest.approx(1 / 2)
+    assert float(away["nce"]) > float(late["nce"]) + 1e-6  # one more negative column for row 0
+    # off by default: the same late step embeds after the teacher's CoT
+    off = Trainer(model, TRACE_STYLE, {"mscoco_task0": [a, b]}, tmp_path / "off",
+                  TrainConfig(**dict(on, cot_noise_prob=0.0)))
+    off.step = 5
+    with torch.no_grad():
+        plain = off.losses([a, b])
+    assert float(plain["wrong_cot"]) == 0
+    torch.testing.assert_close(plain["nce"], early["nce"])

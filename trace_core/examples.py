@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .instructions import instructions_for
-from .mbeir import MBEIRCandidate, discover_pairs, load_pair, read_cot_labels, resolve_image
+from .mbeir import MBEIRCandidate, discover_pairs, load_pair, read_cot_labels, read_name_labels, resolve_image
 from .records import Candidate, Query
 
 
@@ -23,6 +23,8 @@ class Example:
     all_positives: frozenset[str]  # every positive did of the query: none of them is a negative for it
     instructions: tuple[str, ...]  # the four instructions of the example's task, for sampling
     negatives: tuple[Candidate, ...] = ()  # the query's hard negatives (neg_cand_list) found in the pool
+    target_name: str | None = None  # what a correct CoT names (the corpus's `target_name`), when known
+    ref_name: str | None = None  # a composed edit's reference, as a correct CoT names it
 
 
 def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[str, list[Example]]:
@@ -38,6 +40,7 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
     for pair in discover_pairs(root, split, pairs):
         queries, pool, positives = load_pair(pair)
         labels = read_cot_labels(pair.query_file)
+        names = read_name_labels(pair.query_file)
         pool_by_id: dict[str, MBEIRCandidate] = {c.did: c for c in pool}
         examples = []
         for q in queries:
@@ -57,7 +60,7 @@ def load_examples(root: Path, split: str = "train", pairs: str = "all") -> dict[
                     qid=q.qid,
                 )
                 examples.append(Example(pair.name, query, cot, candidate(c), frozenset(positives[q.qid]),
-                                        tuple(prompts), negatives))
+                                        tuple(prompts), negatives, *names.get(q.qid, (None, None))))
         if examples:
             by_pair[pair.name] = examples
     if not by_pair:

@@ -282,6 +282,20 @@ def read_cot_labels(path: PathLike) -> dict[str, tuple[str, str | None]]:
     return labels
 
 
+def read_name_labels(path: PathLike) -> dict[str, tuple[str | None, str | None]]:
+    """qid -> (target_name, ref_name) from a query file: what a correct CoT names (the target's canonical name,
+    and for a composed edit its reference's). (None, None) where a corpus has no such keys."""
+    names = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                obj = json.loads(line)
+                target, ref = obj.get("target_name"), obj.get("ref_name")
+                names[obj["qid"]] = (target if isinstance(target, str) and target.strip() else None,
+                                     ref if isinstance(ref, str) and ref.strip() else None)
+    return names
+
+
 def read_queries(path: PathLike) -> list[MBEIRQuery]:
     """All queries of a ``query/<split>/mbeir_<name>_<split>.jsonl`` file, in file order."""
     return list(iter_queries(path))

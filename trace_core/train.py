@@ -22,6 +22,15 @@ TRACE-mini v2 additions, each a `TrainConfig` field:
 - Self-generated CoTs (`self_cot_from`, `self_cot_prob`): late in training, some batches embed their reasoning
   queries after the model's own greedy CoT instead of the teacher's (the CE still teaches the teacher's), so
   the embedding learns not to trust a wrong CoT blindly.
+- Wrong-CoT rows (`cot_noise_prob`, `cot_noise_from`): on training queries the model's own CoTs are almost
+  always right (their targets were trained on), so self-generated CoTs rarely show the embedding a wrong one,
+  while on held-out queries about a quarter name a sibling. So some reason rows embed after their teacher CoT
+  with the target's name swapped for the name of that row's hard negative (another variant of the family, a
+  related thing): the query itself must then keep the target in reach (the CE still teaches the teacher's CoT).
+  The named negative is a column of the batch but, by default, no negative of its own row: pushing the
+  embedding away from what its CoT names taught the model to distrust every CoT (run 6 of TRACE-mini: R@1 of
+  complex queries fell below "never"). Needs the corpus's `target_name` labels; rows without a named negative
+  stay as they are.
 
 Naming stage (`--stage naming`, TRACE-mini): before the joint objective, the CoT loss alone on "The image shows
 {name}." for every named training image (`naming.py`), so the image tokens can be named in a CoT; `--naming`
@@ -52,6 +61,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -106,6 +116,58 @@ class TrainConfig:
     self_cot_from: float = 0.7
     self_cot_prob: float = 0.5
     self_cot_max_tokens: int = 48  # cap on a self-generated CoT
+    # From this fraction of the steps on, each reason row whose hard-negative column has a known name embeds,
+    # with probability cot_noise_prob, after its teacher CoT naming that negative instead (0: never).
+    cot_noise_prob: float = 0.0
+    cot_noise_from: float = 0.0
+    # Whether the item a wrong CoT names counts as a negative of its row (True: the embedding is pushed away from
+    # what its CoT names, and learns to distrust every CoT; False: neither positive nor negative for that row).
+    cot_noise_named_negative: bool = False
+
+
+_WORD = re.compile(r"\w[\w'-]*")
+
+
+def _phrase_map(name: str, other: str) -> list[tuple[str, str]]:
+    """The phrases that turn `name` into `other`, word by word ("man running: dark skin tone" -> "woman
+    running: medium skin tone": man -> woman, dark -> medium); replacements of at most three words only."""
+    import difflib
+
+    a, b = _WORD.findall(name.lower()), _WORD.findall(other.lower())
+    ops = difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()
+    return [(" ".join(a[i1:i2]), " ".join(b[j1:j2])) for op, i1, i2, j1, j2 in ops
+            if op == "replace" and i2 - i1 <= 3 and j2 - j1 <= 3]
+
+
+def swap_name(cot: str, name: str, other: str, keep: str | None = None) -> str | None:
+    """`cot` as it would read had it concluded `other` instead of `name`: a wrong but self-consistent CoT.
+
+    Every whole-word occurrence of `name` (any case) becomes `other`, and the words that tell the two apart are
+    swapped in the rest of the CoT too ("Edit: man, dark skin tone." -> "Edit: woman, medium skin tone."), except
+    inside an occurrence of `keep` (a composed edit's reference, which a wrong CoT usually still names right).
+    None when `name` does not occur outside `keep` or the two names are the same: nothing to corrupt."""
+    name, other = name.strip(), other.strip()
+    if not name or not other or name.lower() == other.lower():
+        return None
+
+    def spans(phrase: str) -> list[tuple[int, int]]:
+        return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(phrase)}(?!\w)", cot, flags=re.IGNORECASE)]
+
+    kept = spans(keep.strip()) if keep and keep.strip() else []
+    inside = lambda a, b, among: any(x <= a and b <= y for x, y in among)  # noqa: E731
+    names = [(a, b) for a, b in spans(name) if not inside(a, b, kept)]
+    if not names:
+        return None
+    edits = [(a, b, other) for a, b in names]
+    for old, new in _phrase_map(name, other):
+        for a, b in spans(old):
+            if not inside(a, b, kept + names) and not any(a < y and x < b for x, y, _ in edits):
+                edits.append((a, b, new))
+    out, last = [], 0
+    for a, b, text in sorted(edits):
+        out += [cot[last:a], text]
+        last = b
+    return "".join(out) + cot[last:]
 
 
 class _TrainingEncoder(TraceEncoder):
@@ -155,6 +217,9 @@ class Trainer:
         log.info("pair groups %s, drawn with weights %s", self.sampler.pairs,
                  dict(zip(self.sampler.groups, (round(w, 3) for w in self.sampler.weights), strict=True)))
         self._encoder: TraceEncoder | None = None  # built on the first self-CoT step
+        # did -> canonical name, from every example's target (what a wrong CoT would name instead)
+        self.names = {ex.positive.did: ex.target_name for exs in examples.values() for ex in exs
+                      if ex.target_name}
 
     def _lr_factor(self, step: int) -> float:
         if step < self.cfg.warmup:
@@ -204,16 +269,38 @@ class Trainer:
     def _columns(self, batch: list[Example]) -> list[Candidate]:
         """Candidate columns [B + K]: row i's positive is column i, then one hard negative (drawn with the
         trainer's RNG) per row that has some; a did already among the columns is not added twice."""
-        columns = [ex.positive for ex in batch]
+        return self._columns_and_negatives(batch)[0]
+
+    def _columns_and_negatives(self, batch: list[Example]) -> tuple[list[Candidate], dict[int, Candidate]]:
+        """The columns, and row -> the hard negative drawn for it (a column, added by it or by an earlier row)."""
+        columns, drawn = [ex.positive for ex in batch], {}
         if self.cfg.hard_negatives:
             seen = {c.did for c in columns}
-            for ex in batch:
+            for i, ex in enumerate(batch):
                 if ex.negatives and len(columns) - len(batch) < self.cfg.max_hard_negatives:
                     neg = self.rng.choice(ex.negatives)
+                    drawn[i] = neg
                     if neg.did not in seen:
                         seen.add(neg.did)
                         columns.append(neg)
-        return columns
+        return columns, drawn
+
+    def wrong_cots(self, batch: list[Example], drawn: dict[int, Candidate]) -> dict[int, str]:
+        """row -> its teacher CoT naming the row's hard negative instead of its target, for the reason rows
+        drawn (with probability cot_noise_prob, from cot_noise_from of the steps on) whose negative has a name."""
+        if self.cfg.cot_noise_prob <= 0 or self.step < self.cfg.cot_noise_from * self.cfg.steps:
+            return {}
+        wrong = {}
+        for i, ex in enumerate(batch):
+            neg = drawn.get(i)
+            other = self.names.get(neg.did) if neg is not None else None
+            if ex.cot is None or not ex.target_name or not other:
+                continue
+            if self.rng.random() < self.cfg.cot_noise_prob:  # drawn only here, so resuming repeats it
+                cot = swap_name(ex.cot, ex.target_name, other, keep=ex.ref_name)
+                if cot is not None:
+                    wrong[i] = cot
+        return wrong
 
     def _own_cot_encoder(self) -> TraceEncoder:
         """The project's TraceEncoder over the live training model (LoRA unmerged, weights shared)."""
@@ -267,28 +354,39 @@ class Trainer:
         if self.cfg.lambda_ret == 0 and self.cfg.lambda_direct == 0:  # CE only (the naming stage): no candidates
             zero = ce.new_zeros(()).detach()
             return {"loss": self.cfg.lambda_gen * ce, "nce": zero, "ce": ce.detach(), "nce_direct": zero,
-                    "in_batch_acc": zero, "n_hard_neg": zero, "self_cot": zero}
-        columns = self._columns(batch)
+                    "in_batch_acc": zero, "n_hard_neg": zero, "self_cot": zero, "wrong_cot": zero}
+        columns, drawn = self._columns_and_negatives(batch)
+        wrong = self.wrong_cots(batch, drawn)
         c_prompts = [self._prompt(render_candidate(self.style, c, self.placeholder), c.image) for c in columns]
         c = self.model.forward_train(c_prompts, None, self._features(columns)).pooled  # [B + K, H]
         q = fwd.pooled  # [B, H]
         reason = torch.tensor([ex.cot is not None for ex in batch])  # [B]
         rows = torch.nonzero(reason).flatten()  # [R] the reason rows
-        n_self = 0
-        if self_cot and len(rows):
-            idx = rows.tolist()
-            own = self.own_cots([queries[i] for i in idx])
-            # Teacher-forced again, with the model's own CoT as the suffix; only the pooled state [R, H] is used.
-            again = self.model.forward_train([q_prompts[i] for i in idx], [[*t, self.emb_id] for t in own],
+        # Rows embedded after another CoT than the teacher's: a wrong one (its negative named), else the model's own.
+        suffix = {i: self._targets(dataclasses.replace(batch[i], cot=cot)) for i, cot in wrong.items()}
+        own_rows = [i for i in rows.tolist() if i not in wrong] if self_cot else []
+        if own_rows:
+            for i, t in zip(own_rows, self.own_cots([queries[i] for i in own_rows]), strict=True):
+                suffix[i] = [*t, self.emb_id]
+        if suffix:
+            idx = sorted(suffix)
+            # Teacher-forced again with that CoT as the suffix; only the pooled state [R', H] is used.
+            again = self.model.forward_train([q_prompts[i] for i in idx], [suffix[i] for i in idx],
                                              [q_features[i] for i in idx])
-            q = q.index_copy(0, rows.to(q.device), again.pooled.to(q.dtype))  # [B, H], differentiable in both
-            n_self = len(idx)
+            q = q.index_copy(0, torch.tensor(idx, device=q.device), again.pooled.to(q.dtype))  # differentiable
+        n_self = len(own_rows)
         q = nn.functional.normalize(q.float(), dim=-1)
         c = nn.functional.normalize(c.float(), dim=-1)
         logits = q @ c.T / self.cfg.temperature  # [B, B + K]
         labels = torch.arange(len(batch), device=logits.device)  # row i's positive is column i
         false_neg = not_negatives(batch, columns).to(logits.device)  # [B, B + K]
-        logits = logits.masked_fill(false_neg, -torch.inf)
+        masked = false_neg
+        if wrong and not self.cfg.cot_noise_named_negative:  # what a wrong CoT names is no negative of its row
+            masked = false_neg.clone()
+            at = {c.did: j for j, c in enumerate(columns)}
+            for i in wrong:
+                masked[i, at[drawn[i].did]] = True
+        logits = logits.masked_fill(masked, -torch.inf)
         nce = nn.functional.cross_entropy(logits, labels)
         if len(rows):
             # The direct route's state of the reason rows [R, H], against the same columns and masks. A direct
@@ -303,7 +401,7 @@ class Trainer:
         acc = (logits.argmax(-1) == labels).float().mean()
         return {"loss": loss, "nce": nce.detach(), "ce": ce.detach(), "nce_direct": nce_direct.detach(),
                 "in_batch_acc": acc, "n_hard_neg": torch.tensor(float(len(columns) - len(batch))),
-                "self_cot": torch.tensor(n_self / len(batch))}
+                "self_cot": torch.tensor(n_self / len(batch)), "wrong_cot": torch.tensor(len(wrong) / len(batch))}
 
     # ---- loop
     def train(self, progress: bool = True, until: int | None = None) -> Path:
