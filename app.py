@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads while serving (default 1: on a shared 2-vCPU machine, 2 threads decode a "
                              "chain of thought 3.5x slower beside a busy process and only 9%% faster alone; "
-                             "bench/threads.py). Loading and building caches use torch's default")
+                             "bench/threads.py). Loading the model and building caches run under it too")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                         help="int8: TRACE-mini's output head in int8 (faster chain-of-thought decoding; embeddings "
                              "unchanged; bench --sections precision measures speed and recall)")
@@ -57,15 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRACE_CACHE", str(Path(args.cache_dir).parent))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from app.services import Services
+    from app.services import ZERO_GPU, Services
     from app.ui import build_app, css
     from trace_core.index import CorruptIndexError, IndexMismatchError
+    from trace_core.lazy import LazyEncoder
     from trace_core.loading import ModelNotFoundError, load_model
 
     benchmark = args.benchmark or Path(args.model) / "results.json"
     analysis = args.analysis or Path(args.model) / "queries.parquet"
     try:
-        encoder = load_model(args.model, precision=args.precision)
+        # TRACE-mini: the page is built from the checkpoint's files and served first; the weights load after,
+        # in a thread (trace_core/lazy.py). Another model loads here, before serving, and so does any model on a
+        # ZeroGPU Space (whose GPU must see the weights moved to it at start-up).
+        lazy = None if ZERO_GPU else LazyEncoder.of(args.model, precision=args.precision)
+        encoder = lazy or load_model(args.model, precision=args.precision)
         job = None
         if args.build_analysis and not Path(analysis).is_file():
             done = analysis_folder(encoder, args)
@@ -89,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css())
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), prevent_thread_lock=True)
+    if isinstance(encoder, LazyEncoder):
+        encoder.start()  # the page answers already; a search sent meanwhile waits for the model
+    demo.block_thread()
     return 0
 
 

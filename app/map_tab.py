@@ -479,6 +479,11 @@ def build_map_tab(services: Services, link: MapLink | None = None) -> None:
     go.click(on_place, [task, text, image, mode, k], [emb_map, detail, detail_image], concurrency_limit=1,
              concurrency_id="model", **{**private, "show_progress_on": detail})
 
+
+def register_map_api(services: Services) -> None:
+    """The `/map_place` endpoint, registered with the page itself (not inside the map tab, which is built late,
+    in `gr.render`, when the map is still being built): until the map exists it answers why not."""
+
     def api_map_place(query_text: str, query_image: FileData | None, task_name: str, reasoning: str = "auto",
                       top_k: float = 5) -> dict:
         """Map: where a query lands on the embedding map (focus x, y), its top-k points, its direct start."""

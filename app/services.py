@@ -31,6 +31,7 @@ from trace_core.embed_pool import encode_in_chunks, pool_index
 from trace_core.encoder import Encoder
 from trace_core.index import CandidateIndex
 from trace_core.instructions import instructions_for
+from trace_core.lazy import LazyEncoder
 from trace_core.loading import load_model
 from trace_core.mbeir import (
     ImagePathError,
@@ -219,14 +220,30 @@ class Services:
                 services.map = load_or_build(pools, query_points, encoder.fingerprint, cache_dir, keep=gold,
                                              shipped=shipped)
                 _name_candidates(services.map, tasks)
+        if isinstance(encoder, LazyEncoder) and not encoder.ready:
+            services._watch_model_load(encoder)
         if missing or analysis_job is not None or (embedding_map and services.map is None):
             services._build_later(missing, cache_dir, analysis, embedding_map, shipped, analysis_job)
         return services
 
+    def _watch_model_load(self, encoder: LazyEncoder) -> None:
+        """The model's load (`LazyEncoder`, started after the page is served) as the first stage of the banner."""
+        build = self.build = self.build or Build()
+        build.add("model", "Loading the model (a search sent meanwhile waits for it)")
+        build.start("model")  # shown as loading from the first page on: app.py starts it once the page is served
+
+        def done(error: BaseException | None) -> None:
+            if error is None:
+                build.finish("model")
+            else:
+                build.fail("model", f"{type(error).__name__}: {error}")
+
+        encoder.on_load(lambda: None, done)
+
     def _build_later(self, missing: list[Task], cache_dir, analysis, embedding_map: bool, shipped,
                      analysis_job) -> None:
         """Start the background thread: the missing indexes, then the evaluation, then the map (see `load`)."""
-        build = self.build = Build()
+        build = self.build = self.build or Build()
         for t in missing:
             build.add(f"index:{t.name}", f"Index of {t.label}", len(t.pool), "candidates embedded")
         if analysis_job is not None:

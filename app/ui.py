@@ -14,7 +14,7 @@ from .difficulty_tab import build_difficulty_tab
 from .errors_tab import build_errors_tab
 from .first_visit import about_model, default_task, reasoning_rates
 from .links import KEYS, LinkSlots, LinkTask, View, parse_view, view_of, view_query
-from .map_tab import MapLink, build_map_tab
+from .map_tab import MapLink, build_map_tab, register_map_api
 from .search_tab import build_search_tab
 from .services import Services
 from .waiting import build_when_ready, pending_stage
@@ -91,6 +91,7 @@ def build_app(services: Services) -> gr.Blocks:
                     elif isinstance(filled := build(*args), LinkSlots):
                         slots[TAB_IDS[name]] = filled
         wire_deep_links(services, demo, tabs, items, slots, view_link)
+        register_map_api(services)  # here, not in the map tab: that one may be built late (gr.render)
     return demo
 
 

@@ -396,7 +396,14 @@ def place_query(services: Services, task_name: str, text, image, mode: str, k: i
     """Encode a new query and place it from its nearest neighbours in its task's pool (not UMAP.transform)."""
     emap = services.map
     if emap is None:
-        raise UserError("No embedding map is loaded.")
+        build = services.build
+        state = build.state_of("map") if build is not None else None
+        if state == "failed":
+            raise UserError(f"The embedding map could not be built ({build.describe('map')}).")
+        if state not in (None, "done"):
+            raise UserError(f"The embedding map is not ready yet ({build.describe('map')}); "
+                            "try again when it is built.")
+        raise UserError("No embedding map is loaded (the app was started with --no-map).")
     res = search(services, task_name, text, image, None, mode, k)
     task, k = services.tasks[task_name], len(res.hits)
     dids, scores = [h.did for h in res.hits], [h.score for h in res.hits]

@@ -1,4 +1,5 @@
-"""Precision: chain-of-thought decoding against the machine's memory-bandwidth bound, fp32 and int8 side by side.
+"""Precision: chain-of-thought decoding against the machine's memory-bandwidth bound, fp32 and int8 side by side,
+and fp32 with its weights as loaded (without `cpu_decoding_layout`: row-major, the merged LoRA wrappers kept).
 
 Decoding one token at batch 1 reads every weight the step uses once, so its speed limit is the machine's memory
 bandwidth over the bytes read per token. Measured here, on one thread (the app serves on one):
@@ -7,7 +8,7 @@ bandwidth over the bytes read per token. Measured here, on one thread (the app s
   `<|emb|>`'s output row), from the loaded modules, so int8's smaller head counts as int8; the KV cache of these
   short prompts (under 1 MB) is left out;
 - tokens/s: the time between the first and the last generated token of `stream_query` (prefill excluded),
-  reasoning forced, fp32 and int8 alternated, medians;
+  reasoning forced, the three alternated, medians;
 - ratio = tokens/s / (GB/s / bytes per token), the share of the bound reached.
 Also per precision: candidates/s (one batched forward; int8 leaves this path unchanged), single-search latency
 of a direct-routed and of a reasoning query (encode + exact search in the pool), and the held-out recall of the
@@ -26,7 +27,9 @@ import torch
 from torch import nn
 
 from bench.model import _queries
+from trace_core.backbones.mini import MiniBackbone
 from trace_core.embed_pool import pool_index
+from trace_core.encoder import TraceEncoder
 from trace_core.loading import load_model
 from trace_core.mbeir import discover_pairs, load_pair
 from trace_core.records import CotDelta, QueryResult
@@ -92,11 +95,16 @@ def recall(results: Path) -> dict | None:
             "per_pair_headline": {p: round(100 * m.get("headline", m["recall@5"]), 1) for p, m in run["pairs"].items()}}
 
 
+ROW_MAJOR = "fp32, weights as loaded"
+
+
 def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cache_dir: str) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         encoders = {p: load_model(model, precision=p) for p in ("fp32", "int8")}
+        # the same fp32 weights as loaded, without cpu_decoding_layout (row-major, LoRA wrappers kept): its gain
+        encoders[ROW_MAJOR] = TraceEncoder(MiniBackbone.from_pretrained(model, precision="fp32", cpu_layout=False))
         gbps = memory_gbps()
         complex_, _ = _queries(root, "emoji_task2", max(repeats, 3), route="reason")
         simple, cands = _queries(root, "emoji_task0", 16)

@@ -31,7 +31,7 @@ def test_the_page_works_while_the_map_is_built_and_the_map_tab_fills_in(tmp_path
     real = services_module.load_or_build
 
     def held(*args, **kwargs):  # the map's UMAP fit, held until the test has looked at the page
-        assert gate.wait(120)
+        assert gate.wait(600)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(services_module, "load_or_build", held)
@@ -56,9 +56,18 @@ def test_the_page_works_while_the_map_is_built_and_the_map_tab_fills_in(tmp_path
             page.get_by_role("tab", name="Embedding map", exact=True).click()
             expect(page.get_by_text("This tab fills in when its data is built")).to_be_visible()
             assert page.locator(".trace-map-plot").count() == 0
+            # The map's API is there from the start (not registered late with the tab) and says why it waits.
+            from gradio_client import Client
+
+            client = Client(url, verbose=False)
+            assert "/map_place" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+            with pytest.raises(Exception, match="embedding map is not ready yet"):
+                client.predict("a dog on a sofa", None, "mscoco_task0", "never", 3, api_name="/map_place")
             gate.set()
             expect(page.locator(".trace-map-plot").first).to_be_visible(timeout=90_000)
             expect(page.get_by_text("This tab fills in when its data is built")).to_be_hidden()
+            placed = client.predict("a dog on a sofa", None, "mscoco_task0", "never", 3, api_name="/map_place")
+            assert len(placed["neighbours"]) == 3 and "Route **direct**" in placed["description"]
             # ... and the banner is gone: everything is built.
             expect(page.locator(".build-status").first).to_be_hidden(timeout=30_000)
     finally:

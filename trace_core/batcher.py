@@ -106,7 +106,12 @@ class MicroBatcher:
 
     @staticmethod
     def supports(encoder) -> bool:
-        """Whether `encoder` runs the batched TRACE decoding loop (a `TraceEncoder`; baselines do not)."""
+        """Whether `encoder` runs the batched TRACE decoding loop (a `TraceEncoder`, loaded or loading: a
+        `LazyEncoder` is one; baselines do not)."""
+        from .lazy import LazyEncoder
+
+        if isinstance(encoder, LazyEncoder):  # asked without waiting for the load
+            return True
         return callable(getattr(encoder, "_run", None)) and hasattr(encoder, "backbone")
 
     # ------------------------------------------------------------------------------------------ the worker

