@@ -119,8 +119,11 @@ def main(argv=None) -> int:
     if "batching" in sections:
         from bench import batching
 
-        results["batching"] = batching.run(Path(args.data), searches=16 if args.quick else 64)
+        results["batching"] = batching.run(Path(args.data), searches=16 if args.quick else 64, model=args.model)
         for setting, rows in results["batching"].items():
+            if setting == "bound":
+                print(table([rows], "== what the machine allows: the same queries alone, then all in one batch"))
+                continue
             print(table([{k: v for k, v in r.items() if k != "error_samples"} for r in rows],
                         f"== concurrent searches, {setting}"))
     if "map_select" in sections:
