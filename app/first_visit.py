@@ -145,13 +145,13 @@ class ModelAbout:
 
 
 def about_model(services: Services) -> ModelAbout:
-    from trace_core.backbones.mini import MiniBackbone
     from trace_core.lazy import LazyEncoder
 
     name = os.path.basename(str(services.fingerprint.get("model_id", "model")).rstrip("/")) or "model"
     if isinstance(services.encoder, LazyEncoder):  # a TRACE-mini still loading: its files say what it is
         lm, vision = services.encoder.model_parts
         return ModelAbout(name, True, f"{lm} + {vision}" if lm and vision else "")
+    from trace_core.backbones.mini import MiniBackbone  # (its imports are the loaded model's, not the page's)
     backbone = getattr(services.encoder, "backbone", None)
     if not isinstance(backbone, MiniBackbone):
         return ModelAbout(name, False, "")

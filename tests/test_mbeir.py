@@ -347,6 +347,37 @@ def test_check_images_names_the_offending_id(fx: dict[str, Any]) -> None:
         check_images(fx["root"], [bad_query], [])
 
 
+def test_check_images_resolves_each_folder_once_and_still_catches_every_escape(fx, tmp_path, monkeypatch):
+    """check_images caches resolved folders (one lstat per image): links, to a file or through a folder,
+    that leave the root are caught as `resolve_image` catches them; a path that is a folder is no image."""
+    queries = read_queries(fx["query_files"]["cirr_task7"])
+    pool = read_pool(fx["pool_files"]["cirr_task7"])
+    calls = []
+    real = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, *a, **k: calls.append(self) or real(self, *a, **k))
+    check_images(fx["root"], queries, pool)
+    folders = {str(Path(p).parent) for p in [q.image_path for q in queries] + [c.image_path for c in pool] if p}
+    assert len(calls) <= len(folders) + 1  # the root, then each folder once; no resolve per image
+    monkeypatch.undo()
+    outside = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    os.symlink(outside, fx["root"] / "mbeir_images" / "out.png")
+    os.symlink(tmp_path, fx["root"] / "mbeir_images" / "away", target_is_directory=True)
+    inside = fx["root"] / "mbeir_images" / "in.png"
+    os.symlink(fx["root"] / pool[0].image_path, inside)  # a link that stays inside is fine
+    for rel, error in [("mbeir_images/out.png", ImagePathError), ("mbeir_images/away/x.png", ImagePathError),
+                       ("mbeir_images/in.png", None), ("mbeir_images", FileNotFoundError),
+                       ("mbeir_images/none/x.png", FileNotFoundError)]:
+        cand = MBEIRCandidate("8:77", None, rel, "image", None)
+        if error is None:
+            check_images(fx["root"], [], [cand])
+            continue
+        with pytest.raises(error, match="candidate 8:77"):
+            check_images(fx["root"], [], [cand])
+        with pytest.raises(error):  # the same verdict as resolving the path alone
+            resolve_image(fx["root"], rel)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Instructions
 

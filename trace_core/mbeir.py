@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -338,8 +339,8 @@ def read_qrels(path: PathLike) -> dict[str, set[str]]:
 # Images
 
 
-def _resolve_under(root: Path, rel_path: str) -> Path:
-    """``root`` must already be resolved. See ``resolve_image``."""
+def _check_relative(rel_path: str) -> None:
+    """Refuse what is no relative path inside the root on its face: empty, absolute, or climbing out."""
     if not isinstance(rel_path, str) or not rel_path:
         raise ImagePathError(f"image path must be a non-empty string, got {rel_path!r}")
     # Reject absolute paths in both syntaxes: a Windows drive path would join as absolute on Windows.
@@ -353,6 +354,32 @@ def _resolve_under(root: Path, rel_path: str) -> Path:
     normalized = os.path.normpath(rel_path)
     if normalized == ".." or normalized.startswith(("../", ".." + os.sep)):
         raise ImagePathError(f"image path escapes the data root: {rel_path!r} climbs out with '..'")
+
+
+def _resolve_under(root: Path, rel_path: str, dirs: dict[str, Path] | None = None) -> Path:
+    """``root`` must already be resolved. See ``resolve_image``.
+
+    `dirs`: a cache of resolved folders (relative folder -> real path), for many paths in few folders
+    (`check_images`): the file itself is then checked with one lstat, and only a file that is a symlink is
+    resolved in full."""
+    _check_relative(rel_path)
+    if dirs is not None:
+        head, name = os.path.split(rel_path)
+        if name not in ("", ".", ".."):
+            real_dir = dirs.get(head)
+            if real_dir is None:
+                real_dir = dirs[head] = (root / head).resolve() if head else root
+            try:
+                mode = os.lstat(real_dir / name).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                mode = None
+            if mode is None or not stat.S_ISLNK(mode):
+                target = real_dir / name
+                if not target.is_relative_to(root):
+                    raise ImagePathError(f"image path escapes the data root: {rel_path!r} resolves to {target}")
+                if mode is None or not stat.S_ISREG(mode):
+                    raise FileNotFoundError(f"image file not found: {rel_path!r} (looked for {root / rel_path})")
+                return target
     # resolve() follows symlinks (lstat/readlink only, nothing is opened), so a link inside the root that
     # points elsewhere is caught here, before anyone reads it.
     target = (root / rel_path).resolve()
@@ -381,6 +408,7 @@ def check_images(root: PathLike, queries: Iterable[MBEIRQuery], candidates: Iter
     if not root_path.is_dir():
         raise FileNotFoundError(f"M-BEIR data root not found: {root_path}")
     resolved_root = root_path.resolve()
+    dirs: dict[str, Path] = {}  # few folders, many images: each folder is resolved once
     items = itertools.chain(
         (("query", q.qid, q.image_path) for q in queries),
         (("candidate", c.did, c.image_path) for c in candidates),
@@ -390,7 +418,7 @@ def check_images(root: PathLike, queries: Iterable[MBEIRQuery], candidates: Iter
         if rel is None:
             continue
         try:
-            _resolve_under(resolved_root, rel)
+            _resolve_under(resolved_root, rel, dirs)
         except (ImagePathError, FileNotFoundError) as e:
             raise type(e)(f"{kind} {ident}: {e}") from e
         n += 1
