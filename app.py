@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRACE_CACHE", str(Path(args.cache_dir).parent))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    import torch
+
+    # Before anything starts a thread that runs torch (the model's load, a background build): each thread keeps
+    # the thread count it first runs with.
+    torch.set_num_threads(args.threads)
     from app.services import ZERO_GPU, Services
     from app.ui import build_app, css
     from trace_core.index import CorruptIndexError, IndexMismatchError
@@ -90,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_batching:
         services.start_batching(args.batch_window_ms / 1000, args.max_batch)
     demo = build_app(services)
-    import torch
-
-    torch.set_num_threads(args.threads)
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), prevent_thread_lock=True)
     if isinstance(encoder, LazyEncoder):

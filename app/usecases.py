@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from trace_core.encoder import TraceEncoder, p_emb_with_bias
+from trace_core.encoder import p_emb_with_bias
 from trace_core.explain import PromptStep, Walkthrough, stream_explain
+from trace_core.lazy import LazyEncoder, LoadError, is_trace_encoder
 from trace_core.records import (
     CotDelta,
     InputError,
@@ -138,6 +139,11 @@ def make_query(services: Services, task_name: str, text: str | None, image, inst
     if not isinstance(task_name, str) or task_name not in services.tasks:
         raise UserError(f"unknown task {task_name!r}")
     task = services.tasks[task_name]
+    if isinstance(services.encoder, LazyEncoder):  # loading after the page was served: wait, or say why not
+        try:
+            services.encoder.wait()
+        except LoadError as exc:
+            raise UserError(str(exc)) from exc
     if not task.ready:
         raise UserError(not_ready(services, task))
     if text is not None and not isinstance(text, str):
@@ -218,10 +224,10 @@ def search_with_cot(services: Services, task_name: str, text, image, instruction
         raise UserError("The chain of thought must be a string.")
     if len(cot) > MAX_COT_CHARS:
         raise UserError(f"The chain of thought is too long (over {MAX_COT_CHARS:,} characters).")
+    task, query = make_query(services, task_name, text, image, instruction, qid)  # (waits for a loading model)
     encode = getattr(services.encoder, "encode_with_cot", None)
     if encode is None:
         raise UserError("This model never reasons, so it cannot embed a query after a chain of thought.")
-    task, query = make_query(services, task_name, text, image, instruction, qid)
     k = top_k(k, task)
     with services.model_lock:
         try:
@@ -441,7 +447,7 @@ def stream_explanation(services: Services, task_name: str, text, image, instruct
                        k: int, qid: str | None = None, top: int = 10
                        ) -> Iterator[PromptStep | CotDelta | Explained]:
     """Yield the first step, the CoT as it is generated, then the finished walkthrough with its ranking."""
-    if not isinstance(services.encoder, TraceEncoder):
+    if not is_trace_encoder(services.encoder):
         raise UserError("The walkthrough needs a TRACE model (one that routes and reasons); this app runs a "
                         "baseline encoder.")
     mode = checked(check_reasoning, mode)

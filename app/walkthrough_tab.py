@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import gradio as gr
 from PIL import Image
 
-from trace_core.encoder import TraceEncoder
 from trace_core.explain import PromptStep
+from trace_core.lazy import is_trace_encoder
 from trace_core.records import REASONING_MODES, CotDelta, InputError
 
 from . import downloads
@@ -130,7 +130,7 @@ def borrow_cot(services: Services, before: SearchResult | None) -> list:
 def build_walkthrough_tab(services: Services) -> LinkSlots | None:
     """The tab's components and events (called inside `with gr.Tab("Walkthrough"):`); what a link fills."""
     tasks = services.tasks
-    if not isinstance(services.encoder, TraceEncoder) or not tasks:
+    if not is_trace_encoder(services.encoder) or not tasks:
         gr.Markdown("The walkthrough needs a TRACE model (one that routes and reasons) and at least one task.")
         return None
     choices = [(t.label, name) for name, t in tasks.items()]

@@ -67,21 +67,25 @@ def load(url: str, clients: int, per_client: int, pool: list[tuple[str, str]], s
             "p50_s": percentile(latencies, 50), "p95_s": percentile(latencies, 95)}
 
 
-def compute_bound(model: str, pool: list[tuple[str, str]], n: int = 16) -> dict:
+def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 16) -> dict:
     """Seconds for each of n queries alone (median) and for all n in one batched call, on one thread."""
     import statistics
 
     import torch
 
+    from app.services import Services
+    from app.usecases import make_query
     from trace_core.loading import load_model
-    from trace_core.records import Query
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         encoder = load_model(model)
+        services = Services.load(model, data, encoder=encoder, embedding_map=False,
+                                 shipped=[Path(__file__).resolve().parents[1] / "assets" / "cache"])
         picked = [pool[i * len(pool) // n] for i in range(n)]  # spread over the tasks, as the clients send them
-        qs = [Query(text=text, instruction="Find the emoji.") for _, text in picked]
+        # each as /search builds it: the task's own instruction
+        qs = [make_query(services, task, text, None, None)[1] for task, text in picked]
         encoder.encode_queries(qs[:2])  # warm-up
         alone = []
         for q in qs:
@@ -116,5 +120,5 @@ def run(data: Path, client_counts=(1, 4, 16), searches: int = 48, model: str | N
             r["p95_over_single_p50"] = r["p95_s"] / single if single else float("nan")
         out[setting] = rows
     if model is not None:
-        out["bound"] = compute_bound(model, pool, max(client_counts))
+        out["bound"] = compute_bound(model, data, pool, max(client_counts))
     return out

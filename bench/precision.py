@@ -50,7 +50,9 @@ def bytes_per_token(lm: nn.Module, extra_params: int = 0) -> int:
     """Weight bytes one decode step reads: every linear layer (int8 ones at one byte a weight plus their
     scales), every norm, one row of the input embeddings; `extra_params` float32 values besides."""
     total = extra_params * 4
-    for module in lm.modules():
+    for name, module in lm.named_modules():
+        if "lora_" in name:  # merged LoRA adapters (weights as loaded): kept, but a decode step skips them
+            continue
         if isinstance(module, nn.Embedding):
             total += module.weight.shape[1] * module.weight.element_size()
         elif isinstance(module, nn.Linear):

@@ -12,10 +12,10 @@ import pytest
 
 from app.building import status_markdown
 from app.services import Services
-from app.usecases import search
+from app.usecases import UserError, search, stream_explanation
 from tests.mbeir_fixture import build_fixture
 from tests.tiny_mini import build_tiny_mini
-from trace_core.lazy import LazyEncoder, peek
+from trace_core.lazy import LazyEncoder, LoadError, is_trace_encoder, peek
 from trace_core.loading import load_model
 from trace_core.prompts import TRACE_STYLE
 from trace_core.records import Query
@@ -82,19 +82,29 @@ def test_nothing_loads_before_start_and_then_it_computes_what_an_eager_model_doe
     assert calls == [1]  # once
 
 
+def test_files_that_would_not_load_are_left_to_the_eager_load(mini, tmp_path):
+    """A truncated weights file or a missing LM folder: no LazyEncoder, so `app.py` loads eagerly and stops."""
+    truncated = tmp_path / "truncated"
+    shutil.copytree(mini, truncated)
+    weights = truncated / "trace_mini.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])  # the header reads; the tensors are cut short
+    assert peek(truncated) is None and LazyEncoder.of(truncated) is None
+    with pytest.raises(Exception):  # noqa: B017 - the eager load's own error, whatever safetensors raises
+        load_model(str(truncated))
+    no_lm = tmp_path / "no-lm"
+    shutil.copytree(mini, no_lm)
+    shutil.rmtree(no_lm / "lm")
+    assert peek(no_lm) is None
+
+
 def test_a_failed_load_reaches_every_caller_with_its_message(mini, tmp_path):
-    broken = tmp_path / "mini"
-    shutil.copytree(mini, broken)
-    weights = broken / "trace_mini.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-64])  # the header reads; the tensors do not
-    lazy = LazyEncoder.of(broken)
-    assert lazy is not None and lazy.fingerprint["model_id"] == "mini"
+    lazy = LazyEncoder(mini, lambda: (_ for _ in ()).throw(OSError("disk full")), peek(mini))
     errors = []
     lazy.on_load(lambda: None, errors.append)
-    with pytest.raises(RuntimeError, match="could not be loaded"):
+    with pytest.raises(LoadError, match="could not be loaded: disk full"):
         lazy.encode_queries([Query(text="x")])  # starts the load itself, waits, fails
     assert lazy.failed is not None and not lazy.ready and len(errors) == 1
-    with pytest.raises(RuntimeError, match="could not be loaded"):
+    with pytest.raises(LoadError, match="could not be loaded"):
         lazy.encode_candidates  # noqa: B018 - every later call fails the same way
 
 
@@ -123,6 +133,13 @@ def test_the_page_is_built_before_the_model_loads(mini, eager, tmp_path):
     assert all(t.ready for t in services.tasks.values())  # the cached indexes matched the files' fingerprint
     assert services.start_batching(0.01, 4)
     build_app(services)  # nothing the page needs waits for the model
+    import gradio as gr
+
+    from app.links import LinkSlots
+    from app.walkthrough_tab import build_walkthrough_tab
+
+    with gr.Blocks():  # the walkthrough is built for it, with its deep-link slots, as for a loaded TRACE model
+        assert isinstance(build_walkthrough_tab(services), LinkSlots)
     assert not lazy._started.is_set()
     assert services.build.state_of("model") == "running"  # the banner says it loads from the first page on
     assert "Loading the model (a search sent meanwhile waits for it): running" in status_markdown(services.build)
@@ -134,6 +151,27 @@ def test_the_page_is_built_before_the_model_loads(mini, eager, tmp_path):
                   name, "a dog", None, None, "never", 3)
     assert [h.did for h in res.hits] == [h.did for h in want.hits]
     assert services.build.state_of("model") == "done" and services.build.finished
+    # the walkthrough takes a lazily loaded TRACE-mini as the TRACE model it is
+    assert is_trace_encoder(lazy) and is_trace_encoder(eager)
+    *_, explained = stream_explanation(services, name, "a dog", None, None, "always", 0.0, 3)
+    assert explained.search.hits and explained.walk.result.route == "reason"
+
+
+def test_a_failed_load_is_a_clear_message_in_every_search_and_the_banner(mini, eager, tmp_path):
+    fx = build_fixture(tmp_path / "mbeir")
+    cache = str(tmp_path / "cache")
+    Services.load(str(mini), fx["root"], "test", cache, encoder=eager, embedding_map=False)
+    lazy = LazyEncoder(mini, lambda: (_ for _ in ()).throw(OSError("disk full")), peek(mini))
+    services = Services.load(str(mini), fx["root"], "test", cache, encoder=lazy, embedding_map=False,
+                             background=True)
+    lazy.start()
+    name = next(n for n, t in services.tasks.items() if t.takes_text and not t.takes_image)
+    with pytest.raises(UserError, match="The model could not be loaded: disk full"):
+        search(services, name, "a dog", None, None, "never", 3)
+    with pytest.raises(UserError, match="could not be loaded"):
+        list(stream_explanation(services, name, "a dog", None, None, "auto", 0.0, 3))
+    assert services.build.state_of("model") == "failed"
+    assert "disk full" in status_markdown(services.build)
 
 
 def test_app_py_serves_first_and_loads_the_model_after(mini, eager, tmp_path, monkeypatch):

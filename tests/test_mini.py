@@ -185,23 +185,24 @@ def test_revision_ignores_evaluation_files_beside_the_weights(tmp_path):
     assert changed != before
 
 
-def test_the_cpu_decoding_layout_changes_no_result(mini_dir, encoder, monkeypatch):
+def test_the_cpu_decoding_layout_changes_no_result(mini_dir, monkeypatch):
     """`cpu_decoding_layout`: merged LoRA wrappers unwrapped, column-major linear weights; same CoTs, same vectors."""
     from peft.tuners.lora import LoraLayer
 
     import trace_core.backbones.mini as mini_module
 
-    lm = encoder.backbone.model.lm
+    fast = trace_core.load_model(mini_dir, device="cpu", config=EncoderConfig(max_cot_tokens=5))  # CPU only
+    lm = fast.backbone.model.lm
     assert not any(isinstance(m, LoraLayer) for m in lm.modules())
     layers = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)]
     assert layers and all(m.weight.t().is_contiguous() and not m.weight.is_contiguous() for m in layers)
     monkeypatch.setattr(mini_module, "cpu_decoding_layout", lambda model: None)
-    plain = trace_core.load_model(mini_dir, config=EncoderConfig(max_cot_tokens=5))
+    plain = trace_core.load_model(mini_dir, device="cpu", config=EncoderConfig(max_cot_tokens=5))
     assert any(isinstance(m, LoraLayer) for m in plain.backbone.model.lm.modules())
     for mode in ("auto", "always"):
-        fast, slow = encoder.encode_queries(_queries(), reasoning=mode), plain.encode_queries(_queries(), reasoning=mode)
-        for a, b in zip(fast, slow, strict=True):
+        got, want = fast.encode_queries(_queries(), reasoning=mode), plain.encode_queries(_queries(), reasoning=mode)
+        for a, b in zip(got, want, strict=True):
             assert a.cot_token_ids == b.cot_token_ids and a.route == b.route
             np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
     cands = [Candidate(text="a red bus"), Candidate(text="a cat on a mat")]
-    np.testing.assert_allclose(encoder.encode_candidates(cands), plain.encode_candidates(cands), atol=1e-5)
+    np.testing.assert_allclose(fast.encode_candidates(cands), plain.encode_candidates(cands), atol=1e-5)

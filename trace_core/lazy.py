@@ -6,8 +6,11 @@ files. So `app.py` builds its page around a `LazyEncoder`, starts serving, then 
 in a thread, and the first call that needs it waits for it (a search sent in the first seconds answers a little
 later; nothing fails). A failed load is raised by every call that needs the model, with its message.
 
-Only TRACE-mini checkpoints are read this way (`peek` returns None for anything else: load it eagerly). The
-fingerprint is the one the loaded encoder reports; `tests/test_lazy.py` checks that.
+Only TRACE-mini checkpoints are read this way (`peek` returns None for anything else, and for files that would
+not load: a truncated weights file, a missing LM folder; load those eagerly, so that a bad checkpoint stops the
+start as before). The fingerprint is the one the loaded encoder reports; `tests/test_lazy.py` checks that. A
+background build that needs the model (an index that is neither shipped nor cached) starts the load itself,
+possibly before the page is served.
 """
 
 from __future__ import annotations
@@ -42,16 +45,21 @@ class Peek:
 
 
 def _hidden_size(weights: Path) -> int:
-    """The width of `<|emb|>`'s input vector, read from the safetensors header (the LM's hidden size)."""
+    """The width of `<|emb|>`'s input vector, read from the safetensors header (the LM's hidden size).
+    ValueError when the file is shorter or longer than its header says (a truncated copy)."""
     with open(weights, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != weights.stat().st_size:
+        raise ValueError(f"{weights} is {weights.stat().st_size} bytes; its header says {8 + n + end}")
     return int(header["emb_in"]["shape"][0])
 
 
 def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig()) -> Peek | None:
     """The fingerprint and settings of the TRACE-mini checkpoint at `path`, from its files; None when `path` is
     not a TRACE-mini checkpoint folder or its files cannot be read this way (then load it as usual)."""
+    from .backbones.pretrained import SMOLLM2
     from .backbones.qwen2vl import weights_fingerprint
 
     path = Path(path).expanduser()
@@ -62,6 +70,9 @@ def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig()) -> Pe
         style_file = path / "trace_style.json"
         style = PromptStyle.from_dict(json.loads(style_file.read_text())) if style_file.is_file() else TRACE_STYLE
         dim = _hidden_size(path / "trace_mini.safetensors")
+        lm = str(cfg.get("lm", ""))
+        if lm != SMOLLM2 and not (path / lm).is_dir():  # a local LM folder that is not there
+            return None
     except (OSError, ValueError, KeyError, TypeError, struct.error):
         return None
     fingerprint = {
@@ -74,6 +85,18 @@ def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig()) -> Pe
     }
     return Peek(fingerprint, style, config.max_cot_tokens or style.max_cot_tokens, str(cfg.get("lm", "")),
                 str(cfg.get("vision", "")))
+
+
+def is_trace_encoder(encoder) -> bool:
+    """Whether `encoder` routes and reasons (a `TraceEncoder`, or a `LazyEncoder`, which loads one), not a
+    baseline: what the walkthrough and the batcher need."""
+    from .encoder import TraceEncoder
+
+    return isinstance(encoder, (TraceEncoder, LazyEncoder))
+
+
+class LoadError(RuntimeError):
+    """The model of a `LazyEncoder` could not be loaded; the message says why."""
 
 
 class LazyEncoder:
@@ -102,6 +125,10 @@ class LazyEncoder:
         peeked = peek(path, config)
         if peeked is None:
             return None
+        import torch
+
+        if precision not in ("fp32", "int8") or (precision == "int8" and torch.cuda.is_available()):
+            return None  # load_model refuses these at once, with its message
 
         def load():
             from .loading import load_model
@@ -191,7 +218,7 @@ class LazyEncoder:
         if not self._loaded.wait(timeout):
             raise TimeoutError(f"the model at {self.path} is still loading")
         if self._error is not None:
-            raise RuntimeError(f"the model could not be loaded: {self._error}") from self._error
+            raise LoadError(f"The model could not be loaded: {self._error}") from self._error
         return self._encoder
 
     def __getattr__(self, name: str):
