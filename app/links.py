@@ -200,3 +200,25 @@ def benchmark_query(services, task_name: str, qid: str) -> tuple[str, Image.Imag
 def instruction_for(examples: Sequence, default: str, qid: str | None) -> str:
     """The instruction a query runs with: an example's own (the one it was evaluated with), else `default`."""
     return next((e.instruction for e in examples if qid and e.qid == qid and e.instruction), default)
+
+
+@dataclass(frozen=True)
+class LinkedInputs:
+    """What a deep link puts in a query tab's inputs (Search, Walkthrough), and whether it runs at once."""
+
+    task: str
+    text: str
+    image: Image.Image | None
+    qid: str
+    instruction: str
+    mode: str
+    bias: float
+    run: bool
+
+
+def linked_inputs(services, examples_of: Mapping[str, Sequence], restored: Restored) -> LinkedInputs:
+    """The inputs of `restored`'s view: a benchmark query's own text, image and instruction, or the link's text."""
+    v = restored.view
+    text, image = benchmark_query(services, v.task, v.qid) if v.qid else (v.text, None)
+    instruction = instruction_for(examples_of[v.task], services.tasks[v.task].instructions[0], v.qid)
+    return LinkedInputs(v.task, text, image, v.qid, instruction, v.mode, v.bias, restored.run)

@@ -34,7 +34,7 @@ from .display import (
     route_words,
 )
 from .first_visit import default_task, example_queries
-from .links import LinkSlots, benchmark_query, instruction_for
+from .links import LinkSlots, benchmark_query, instruction_for, linked_inputs
 from .services import Services
 from .usecases import (
     Comparison,
@@ -454,11 +454,10 @@ def build_search_tab(services: Services) -> LinkSlots:
     def apply_link(restored):
         if restored is None:
             return (*(gr.skip() for _ in range(7)), False)
-        v, t = restored.view, tasks[restored.view.task]
-        text_v, img = benchmark_query(services, v.task, v.qid) if v.qid else (v.text, None)
-        return (v.task, gr.Textbox(value=text_v, visible=t.takes_text, placeholder=placeholder(v.task)),
-                gr.Image(value=img, visible=t.takes_image), v.qid,
-                instruction_for(examples_of[v.task], t.instructions[0], v.qid), v.mode, v.bias, restored.run)
+        f = linked_inputs(services, examples_of, restored)
+        t = tasks[f.task]
+        return (f.task, gr.Textbox(value=f.text, visible=t.takes_text, placeholder=placeholder(f.task)),
+                gr.Image(value=f.image, visible=t.takes_image), f.qid, f.instruction, f.mode, f.bias, f.run)
 
     restore.change(apply_link, restore, [task, text, image, qid, instruction, mode, bias, go_on],
                    api_visibility="private").then(

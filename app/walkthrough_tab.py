@@ -27,7 +27,7 @@ from .display import (
     example_samples,
 )
 from .first_visit import default_task, example_queries
-from .links import LinkSlots, benchmark_query, instruction_for
+from .links import LinkSlots, instruction_for, linked_inputs
 from .services import Services
 from .usecases import SearchResult, UserError, another_cot, edit_cot
 from .walkthrough_view import (
@@ -256,11 +256,10 @@ def build_walkthrough_tab(services: Services) -> LinkSlots | None:
     def apply_link(restored):
         if restored is None:
             return (*(gr.skip() for _ in range(7)), False)
-        v, t = restored.view, tasks[restored.view.task]
-        text_v, img = benchmark_query(services, v.task, v.qid) if v.qid else (v.text, None)
-        instr = instruction_for(examples_of[v.task], t.instructions[0], v.qid)
-        return (v.task, gr.Textbox(value=text_v, visible=t.takes_text), gr.Image(value=img, visible=t.takes_image),
-                v.qid, instr, v.mode, v.bias, restored.run)
+        f = linked_inputs(services, examples_of, restored)
+        t = tasks[f.task]
+        return (f.task, gr.Textbox(value=f.text, visible=t.takes_text), gr.Image(value=f.image, visible=t.takes_image),
+                f.qid, f.instruction, f.mode, f.bias, f.run)
 
     restore.change(apply_link, restore, [task, text, image, qid, instruction, mode, bias, go_on],
                    api_visibility="private").then(run_if, [go_on, *inputs], outputs, **model)
