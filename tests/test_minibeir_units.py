@@ -48,15 +48,54 @@ def test_relative_edit_resolves_to_adjacent_tone(ref_tone: str, tgt_tone: str, w
     ref, tgt = me.Variant(m, ref_tone), me.Variant(m, tgt_tone)
     seen_relative = seen_named = False
     for seed in range(200):
-        said, resolved = me.edit_text(ref, tgt, random.Random(seed))
-        assert resolved == f"{tgt_tone} skin tone"
+        said, resolved = me.edit_text(ref, tgt, random.Random(seed), "scale")
         if "shade" in said:
             seen_relative = True
             assert word in said and tgt_tone not in said.split(), said
+            # the CoT takes the step in writing: from the reference's tone to the target's
+            scale = list(me.TONES) if word == "darker" else list(me.TONES)[::-1]
+            assert resolved == f"shades {word}: {', '.join(scale)}; one after {ref_tone}: {tgt_tone} skin tone"
+            assert scale[scale.index(ref_tone) + 1] == tgt_tone
         else:
             seen_named = True
             assert tgt_tone in said.split(), said
+            assert resolved == f"{tgt_tone} skin tone"
     assert seen_relative and seen_named
+
+
+def test_relative_edit_styles() -> None:
+    """plain (the shipped corpus v3) names the tone reached; step and scale also write the step's start."""
+    assert me.relative_step("light", "medium-light") == "medium-light skin tone"
+    assert me.relative_step("dark", "medium-dark", "step") == "one shade lighter than dark: medium-dark skin tone"
+    assert me.relative_step("medium", "medium-dark", "scale") == (
+        "shades darker: light, medium-light, medium, medium-dark, dark; one after medium: medium-dark skin tone")
+    with pytest.raises(ValueError, match="tone step"):
+        me.relative_step("light", "medium-light", "ordinal")
+    m = _member("man pilot", "man")
+    plain = {me.edit_text(me.Variant(m, "medium"), me.Variant(m, "dark"), random.Random(s))[1] for s in range(20)}
+    assert plain == {"dark skin tone"}  # not adjacent: every style names the tone
+    adjacent = {me.edit_text(me.Variant(m, "medium"), me.Variant(m, "medium-dark"), random.Random(s))
+                for s in range(40)}
+    assert {r for _, r in adjacent} == {"medium-dark skin tone"} and any("shade" in t for t, _ in adjacent)
+
+
+def test_relative_edit_cot_passes_filters_and_states_the_step() -> None:
+    man, woman = _member("man pilot", "man"), _member("woman pilot", "woman", "2002")
+    ref, tgt = me.Variant(man, "dark"), me.Variant(woman, "medium-dark")
+    cots = set()
+    for seed in range(60):
+        rng = random.Random(seed)
+        said, resolved = me.edit_text(ref, tgt, rng, "scale")
+        if "shade" not in said:
+            continue
+        out = me.edit_cot(ref, tgt, resolved, rng, from_image=seed % 2 == 0)
+        assert teacher.filter_cot(out.raw, tgt.name, ref.name, out.keywords) == (True, "ok")
+        cot = teacher.strip_tags(out.raw)
+        assert ("Edit: woman, shades lighter: dark, medium-dark, medium, medium-light, light; one after dark: "
+                "medium-dark skin tone.") in cot, cot
+        assert cot.endswith("Target: woman pilot: medium-dark skin tone.") and len(cot.split()) <= MAX_COT_WORDS
+        cots.add(cot)
+    assert cots
 
 
 def test_non_adjacent_tone_edits_name_the_tone() -> None:

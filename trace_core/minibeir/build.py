@@ -150,6 +150,7 @@ class BuildConfig:
     # (questions, targets) -> whether the untrained base LM answers each definition question
     # (reach.BaseLMReach); None: emoji_task1 is split like the other pairs and not filtered
     reach: Callable[[list[str], list[str]], list[bool]] | None = None
+    tone_step: str = "plain"  # how a relative skin-tone edit's CoT takes its step (emoji.TONE_STEPS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     wordnet = WordNet(cfg.wordnet_dir) if cfg.wordnet_dir is not None else None
     corpus = Corpus()
     cots = CotMaker(cfg.seed)
-    emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet, cfg.reach)
+    emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet, cfg.reach, cfg.tone_step)
     versions = {"emoji-datasource-google": src.emoji_version(cfg.emoji_dir)}
     if wordnet is not None:
         versions["wordnet-base"] = src.dpkg_version("wordnet-base")
@@ -377,6 +378,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             },
             "cot_rejections": dict(sorted(cots.rejected.items())),
         }
+        if cfg.tone_step != "plain":  # a plain build's manifest stays as corpus v3's
+            meta["tone_step"] = cfg.tone_step
         manifest = write_corpus(corpus, tmp, meta)
     return manifest
 
@@ -418,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mixed-test", type=int, default=Sizes.mixed_test, help="test queries per mixed pair")
     p.add_argument("--edit-pool", type=int, default=Sizes.edit_pool, help="maximum candidates of the edit pools")
     p.add_argument("--max-clipart", type=int, default=400, help="clip-art pictures to render")
+    p.add_argument("--tone-step", choices=emoji_pairs.TONE_STEPS, default="plain",
+                   help="how the CoT of a relative skin-tone edit takes its step: plain (corpus v3: the tone "
+                        "reached), step (v4: 'one shade darker than light: ...'), scale (v5: the scale written "
+                        "out, then the tone after the reference's)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -435,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     mixed_train=args.mixed_train, mixed_test=args.mixed_test, edit_pool=args.edit_pool),
         max_clipart=args.max_clipart,
         reach=None if args.no_reach or args.no_wordnet else BaseLMReach(cache=args.reach_cache),
+        tone_step=args.tone_step,
     )
     try:
         manifest = build(cfg)

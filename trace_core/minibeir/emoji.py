@@ -82,8 +82,33 @@ _GENDER = {
 }
 
 
-def edit_text(ref: Variant, tgt: Variant, rng: random.Random) -> tuple[str, str]:
-    """The edit from ``ref`` to ``tgt`` as a user would write it, and as the CoT states it (resolved)."""
+TONE_STEPS = ("plain", "step", "scale")
+
+
+def relative_step(ref_tone: str, tgt_tone: str, style: str = "plain") -> str:
+    """How a CoT resolves a one-shade step from ``ref_tone`` to ``tgt_tone`` (the "Edit:" part).
+
+    - "plain" (corpus v3, the shipped one): the tone reached, "medium-light skin tone".
+    - "step" (v4): the step in words, "one shade darker than light: medium-light skin tone".
+    - "scale" (v5): the scale in the step's direction, then the tone after the reference's: "shades darker:
+      light, medium-light, medium, medium-dark, dark; one after light: medium-light skin tone". The answer is
+      then the word that follows the reference's tone in the CoT's own text, a copy, instead of an ordinal jump
+      (TRACE-mini run 4 gets 29 % of these right; see assets/trace-mini/training/README.md, runs 8 and 9)."""
+    if style not in TONE_STEPS:
+        raise ValueError(f"tone step style must be one of {', '.join(TONE_STEPS)}; got {style!r}")
+    darker = TONES.index(tgt_tone) > TONES.index(ref_tone)
+    if style == "plain":
+        return f"{tgt_tone} skin tone"
+    if style == "step":
+        return f"one shade {'darker' if darker else 'lighter'} than {ref_tone}: {tgt_tone} skin tone"
+    scale = TONES if darker else TONES[::-1]
+    return f"shades {'darker' if darker else 'lighter'}: {', '.join(scale)}; one after {ref_tone}: {tgt_tone} skin tone"
+
+
+def edit_text(ref: Variant, tgt: Variant, rng: random.Random, tone_step: str = "plain") -> tuple[str, str]:
+    """The edit from ``ref`` to ``tgt`` as a user would write it, and as the CoT states it (resolved).
+
+    ``tone_step`` (see ``TONE_STEPS``): how the CoT resolves a relative edit ("one shade darker")."""
     said, resolved = [], []
     if ref.member is not tgt.member:
         said.append(_pick(rng, _GENDER[tgt.member.gender or "person"]))
@@ -97,13 +122,13 @@ def edit_text(ref: Variant, tgt: Variant, rng: random.Random) -> tuple[str, str]
             resolved.append(f"{tgt.tone} skin tone")
         else:
             step = TONES.index(tgt.tone) - TONES.index(ref.tone)
-            if step == 1 and rng.random() < 0.5:
-                said.append(_pick(rng, _DARKER))  # relative: the CoT must read the reference's tone
-            elif step == -1 and rng.random() < 0.5:
-                said.append(_pick(rng, _LIGHTER))
+            if abs(step) == 1 and rng.random() < 0.5:
+                # Relative: the CoT must read the reference's tone and take one step along the scale.
+                said.append(_pick(rng, _DARKER if step == 1 else _LIGHTER))
+                resolved.append(relative_step(ref.tone, tgt.tone, tone_step))
             else:
                 said.append(_pick(rng, _TONE_EDITS).format(t=tgt.tone))
-            resolved.append(f"{tgt.tone} skin tone")
+                resolved.append(f"{tgt.tone} skin tone")
     return " and ".join(said), ", ".join(resolved)
 
 
@@ -223,7 +248,7 @@ def _mixed(made: list[Made], n: int, rng: random.Random) -> list[Made]:
 
 
 def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: CotMaker,
-                wordnet: WordNet | None, reach=None) -> None:
+                wordnet: WordNet | None, reach=None, tone_step: str = "plain") -> None:
     """All emoji pairs into ``corpus`` (see the module docstring)."""
     emoji = [e for e in emoji if e.category != "Component"]  # bare skin-tone swatches and hair parts
     families: dict[str, list[src.Emoji]] = {}
@@ -256,7 +281,7 @@ def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: 
     _simple_pairs(corpus, plain, split_of, img, sizes, seed)
     if wordnet is not None:
         _definitions(corpus, plain, split_of, img, sizes, seed, cots, wordnet, reach)
-    _edits(corpus, edit_fams, img, sizes, seed, cots)
+    _edits(corpus, edit_fams, img, sizes, seed, cots, tone_step)
 
 
 _T0_TEMPLATES = ("{n}", "{n} emoji", "an emoji of {n}", "a {n} icon", "{n}, as an emoji")
@@ -358,7 +383,7 @@ def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, word
     corpus.pairs.append(pair)
 
 
-def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker) -> None:
+def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str = "plain") -> None:
     """task8 (reference image + edit) and task2 (the edit in text) -> (image, name) of the target variant."""
     split_of = split_variants(edit_fams, seed)
     variants = {f: [Variant(m, t) for m in ms for t in [None, *[x for x, _ in m.tones]]]
@@ -388,7 +413,7 @@ def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker) -> None:
                     sib_pool = [v for v in vs if v.key != tgt.key and (s != "train" or split_of[v.key] == "train")]
                     negs = tuple(cand[v.key] for v in rng.sample(sib_pool, min(3, len(sib_pool))))
                     for ref in rng.sample(options, min(2 if s == "train" else 1, len(options))):
-                        said, resolved = edit_text(ref, tgt, rng)
+                        said, resolved = edit_text(ref, tgt, rng, tone_step)
                         if task == 8:
                             txt, qimg, kind = said, img(ref.member, ref.tone), "edit-image"
                         else:
