@@ -90,8 +90,8 @@ def main(root: Path, model: str) -> None:
         a = ea.encode_queries(qs, reasoning="auto", batch_size=8)
         b = eb.encode_queries(qs, reasoning="auto", batch_size=8)
         cos = cosines([x.embedding for x in a], [y.embedding for y in b])
-        print(f"{name}: {len(qs)} queries, same route {sum(x.route == y.route for x, y in zip(a, b))}, "
-              f"same CoT {sum(x.cot == y.cot for x, y in zip(a, b))}, embedding cosine min {cos.min():.4f}, "
+        print(f"{name}: {len(qs)} queries, same route {sum(x.route == y.route for x, y in zip(a, b, strict=True))}, "
+              f"same CoT {sum(x.cot == y.cot for x, y in zip(a, b, strict=True))}, embedding cosine min {cos.min():.4f}, "
               f"median {cos.median():.5f}")
 
 
