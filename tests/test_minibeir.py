@@ -257,6 +257,36 @@ def test_determinism(built: Path, tmp_path: Path) -> None:
     assert (other / "manifest.json").read_text() != (built / "manifest.json").read_text()
 
 
+def test_relative_drill_adds_only_training_queries(built: Path, tmp_path: Path) -> None:
+    """--relative-drill N: up to N more training queries per edit pair, every one a relative tone edit between
+    training variants; every other file (val, test, pools, the other training queries) is the plain build's."""
+    drill = tmp_path / "drill"
+    mb.build(dataclasses.replace(_config(built.parent, drill), relative_drill=15))
+    check_all(drill)  # layout, no test or val target in training, routes, edits resolve to the adjacent tone
+    changed = set()
+    for path in sorted(p for p in built.rglob("*") if p.is_file()):
+        rel = path.relative_to(built)
+        if path.read_bytes() != (drill / rel).read_bytes():
+            changed.add(str(rel))
+    edit_train = {f"{folder}/train/mbeir_{name}_train{end}" for name in EDIT_PAIRS
+                  for folder, end in (("query", ".jsonl"), ("qrels", "_qrels.txt"))}
+    assert changed == edit_train | {"manifest.json"}, changed
+    assert json.loads((drill / "manifest.json").read_text())["relative_drill"] == 15
+    test_targets = {q["target_name"] for name in EDIT_PAIRS for s in ("val", "test") for q in _queries(built, name, s)}
+    for name in EDIT_PAIRS:
+        before, after = _queries(built, name, "train"), _queries(drill, name, "train")
+        assert after[: len(before)] == before
+        extra = after[len(before):]
+        assert len(extra) == 15, name
+        pool = {c["did"] for c in _pool(drill, name)}
+        for q in extra:
+            assert q["route"] == "reason" and re.search("darker|lighter", q["query_txt"]), q
+            assert q["pos_cand_list"][0] in pool and set(q["neg_cand_list"]) <= pool, q
+            assert q["target_name"] not in test_targets and q["ref_name"] not in test_targets, q
+            assert q["cot"].rstrip(".").endswith(q["target_name"]), q
+        assert len({q["qid"] for q in after}) == len(after)
+
+
 def test_rebuild_replaces_atomically(built: Path, tmp_path: Path) -> None:
     out = tmp_path / "corpus"
     out.mkdir()

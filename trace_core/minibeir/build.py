@@ -151,6 +151,7 @@ class BuildConfig:
     # (reach.BaseLMReach); None: emoji_task1 is split like the other pairs and not filtered
     reach: Callable[[list[str], list[str]], list[bool]] | None = None
     tone_step: str = "plain"  # how a relative skin-tone edit's CoT takes its step (emoji.TONE_STEPS)
+    relative_drill: int = 0  # extra training queries per edit pair, all relative tone edits (emoji._relative_drill)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,7 +342,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     wordnet = WordNet(cfg.wordnet_dir) if cfg.wordnet_dir is not None else None
     corpus = Corpus()
     cots = CotMaker(cfg.seed)
-    emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet, cfg.reach, cfg.tone_step)
+    emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet, cfg.reach, cfg.tone_step,
+                           cfg.relative_drill)
     versions = {"emoji-datasource-google": src.emoji_version(cfg.emoji_dir)}
     if wordnet is not None:
         versions["wordnet-base"] = src.dpkg_version("wordnet-base")
@@ -380,6 +382,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         }
         if cfg.tone_step != "plain":  # a plain build's manifest stays as corpus v3's
             meta["tone_step"] = cfg.tone_step
+        if cfg.relative_drill:
+            meta["relative_drill"] = cfg.relative_drill
         manifest = write_corpus(corpus, tmp, meta)
     return manifest
 
@@ -425,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="how the CoT of a relative skin-tone edit takes its step: plain (corpus v3: the tone "
                         "reached), step (v4: 'one shade darker than light: ...'), scale (v5: the scale written "
                         "out, then the tone after the reference's)")
+    p.add_argument("--relative-drill", type=int, default=0, metavar="N",
+                   help="up to N more training queries per edit pair, each a relative skin-tone edit ('one "
+                        "shade darker'); val, test, the pools and the other queries stay those of the build "
+                        "without them (default 0)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -443,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_clipart=args.max_clipart,
         reach=None if args.no_reach or args.no_wordnet else BaseLMReach(cache=args.reach_cache),
         tone_step=args.tone_step,
+        relative_drill=args.relative_drill,
     )
     try:
         manifest = build(cfg)

@@ -24,6 +24,7 @@ variants of the family, or items of the same subgroup).
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ from . import sources as src
 from . import teacher
 from .corpus import SPLITS, Corpus, CotMaker, Pair, Query, fill_pool, rng_for, split_items, take
 from .wordnet import WordNet
+
+logger = logging.getLogger(__name__)
 
 TONES = tuple(src.SKIN_TONES.values())  # light .. dark, in Fitzpatrick order
 PLAIN_SHARE = 0.3  # share of plainly stated (direct) queries inside a mixed pair
@@ -105,10 +108,13 @@ def relative_step(ref_tone: str, tgt_tone: str, style: str = "plain") -> str:
     return f"shades {'darker' if darker else 'lighter'}: {', '.join(scale)}; one after {ref_tone}: {tgt_tone} skin tone"
 
 
-def edit_text(ref: Variant, tgt: Variant, rng: random.Random, tone_step: str = "plain") -> tuple[str, str]:
+def edit_text(ref: Variant, tgt: Variant, rng: random.Random, tone_step: str = "plain",
+              relative: bool | None = None) -> tuple[str, str]:
     """The edit from ``ref`` to ``tgt`` as a user would write it, and as the CoT states it (resolved).
 
-    ``tone_step`` (see ``TONE_STEPS``): how the CoT resolves a relative edit ("one shade darker")."""
+    ``tone_step`` (see ``TONE_STEPS``): how the CoT resolves a relative edit ("one shade darker"). A one-shade
+    tone change is said relatively with probability 0.5 (``relative`` None, one draw of ``rng``), always
+    (True) or never (False)."""
     said, resolved = [], []
     if ref.member is not tgt.member:
         said.append(_pick(rng, _GENDER[tgt.member.gender or "person"]))
@@ -122,7 +128,7 @@ def edit_text(ref: Variant, tgt: Variant, rng: random.Random, tone_step: str = "
             resolved.append(f"{tgt.tone} skin tone")
         else:
             step = TONES.index(tgt.tone) - TONES.index(ref.tone)
-            if abs(step) == 1 and rng.random() < 0.5:
+            if abs(step) == 1 and (rng.random() < 0.5 if relative is None else relative):
                 # Relative: the CoT must read the reference's tone and take one step along the scale.
                 said.append(_pick(rng, _DARKER if step == 1 else _LIGHTER))
                 resolved.append(relative_step(ref.tone, tgt.tone, tone_step))
@@ -248,8 +254,8 @@ def _mixed(made: list[Made], n: int, rng: random.Random) -> list[Made]:
 
 
 def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: CotMaker,
-                wordnet: WordNet | None, reach=None, tone_step: str = "plain") -> None:
-    """All emoji pairs into ``corpus`` (see the module docstring)."""
+                wordnet: WordNet | None, reach=None, tone_step: str = "plain", relative_drill: int = 0) -> None:
+    """All emoji pairs into ``corpus`` (see the module docstring). ``relative_drill``: see ``_relative_drill``."""
     emoji = [e for e in emoji if e.category != "Component"]  # bare skin-tone swatches and hair parts
     families: dict[str, list[src.Emoji]] = {}
     for e in emoji:
@@ -281,7 +287,7 @@ def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: 
     _simple_pairs(corpus, plain, split_of, img, sizes, seed)
     if wordnet is not None:
         _definitions(corpus, plain, split_of, img, sizes, seed, cots, wordnet, reach)
-    _edits(corpus, edit_fams, img, sizes, seed, cots, tone_step)
+    _edits(corpus, edit_fams, img, sizes, seed, cots, tone_step, relative_drill)
 
 
 _T0_TEMPLATES = ("{n}", "{n} emoji", "an emoji of {n}", "a {n} icon", "{n}, as an emoji")
@@ -383,7 +389,8 @@ def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, word
     corpus.pairs.append(pair)
 
 
-def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str = "plain") -> None:
+def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str = "plain",
+           relative_drill: int = 0) -> None:
     """task8 (reference image + edit) and task2 (the edit in text) -> (image, name) of the target variant."""
     split_of = split_variants(edit_fams, seed)
     variants = {f: [Variant(m, t) for m in ms for t in [None, *[x for x, _ in m.tones]]]
@@ -396,6 +403,7 @@ def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str =
             return False
         return a.member is b.member or bool(a.member.gender and b.member.gender and a.member.gender != b.member.gender)
 
+    built: dict[int, Pair] = {}
     for task in (8, 2):
         pair = Pair("emoji", task)
         rng = rng_for(seed, "emoji", task)
@@ -437,3 +445,52 @@ def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str =
         hard = [cand[v.key] for f in sorted(test_fams) for v in variants[f]]
         fill_pool(pair, positives + hard, list(cand.values()), sizes.edit_pool, rng)
         corpus.pairs.append(pair)
+        built[task] = pair
+    if relative_drill:
+        for task in (8, 2):
+            _relative_drill(corpus, built[task], variants, split_of, cand, img, relative_drill, seed, cots,
+                            tone_step, linked)
+
+
+def _relative_drill(corpus, pair: Pair, variants, split_of, cand, img, n: int, seed: int, cots: CotMaker,
+                    tone_step: str, linked) -> None:
+    """Up to ``n`` more training queries of ``pair``, each a relative skin-tone edit ("one shade darker"),
+    alone or with a gender change, between two training variants whose target is in the pool.
+
+    A relative edit is a lookup the CoT must take (reference tone and direction -> the adjacent tone); a
+    default build gives it about 6 % of the edit pairs' training queries, which TRACE-mini did not learn from
+    (assets/trace-mini/training/README.md). They are made after every other query of the corpus, from their
+    own random stream, and the pool is left as it is: val, test, the pools and the other training queries stay
+    those of the build without them (ids included)."""
+    rng = rng_for(seed, "relative-drill", pair.task_id)
+    in_pool = set(pair.pool)
+    options = []
+    for fam, vs in variants.items():
+        train = [v for v in vs if split_of[v.key] == "train" and v.tone is not None]
+        for tgt in train:
+            if cand[tgt.key] not in in_pool:
+                continue
+            for ref in train:
+                if linked(ref, tgt) and abs(TONES.index(tgt.tone) - TONES.index(ref.tone)) == 1:
+                    options.append((fam, ref, tgt, vs))
+    rng.shuffle(options)
+    made = []
+    for fam, ref, tgt, vs in options:
+        if len(made) == n:
+            break
+        said, resolved = edit_text(ref, tgt, rng, tone_step, relative=True)
+        if pair.task_id == 8:
+            txt, qimg, kind = said, img(ref.member, ref.tone), "edit-image"
+        else:
+            txt, qimg, kind = f"{ref.name}, but {said}", None, "edit-text"
+        cot = cots.make(f"drill{pair.task_id}:{ref.key}:{tgt.key}",
+                        lambda r, ref=ref, tgt=tgt, res=resolved, im=pair.task_id == 8: edit_cot(ref, tgt, res, r, im),
+                        tgt.name, source_caption=ref.name, query=f"{qimg}|{txt}")
+        if cot is None:
+            continue
+        sibs = [v for v in vs if v.key != tgt.key and split_of[v.key] == "train" and cand[v.key] in in_pool]
+        negs = tuple(cand[v.key] for v in rng.sample(sibs, min(3, len(sibs))))
+        made.append(Made(txt, qimg, cand[tgt.key], "reason", cot, tgt.name, ref.name, kind, negs, fam))
+    if len(made) < n:
+        logger.warning("%s: %d relative drill queries of %d asked (every training pair used)", pair.name, len(made), n)
+    pair.queries["train"] = pair.queries["train"] + [_made_query(corpus, m, pair.task_id) for m in made]
