@@ -389,6 +389,22 @@ def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, word
     corpus.pairs.append(pair)
 
 
+def _edit_query(task: int, ref: Variant, tgt: Variant, said_resolved: tuple[str, str], img, cots: CotMaker,
+                salt: str, positive: str, negatives: tuple[str, ...], fam: str) -> Made | None:
+    """A composed-edit query from ``ref`` to ``tgt`` (task 8: the reference image and the edit; task 2: both in
+    text) with its CoT, or None when no CoT passes the teacher's filters."""
+    said, resolved = said_resolved
+    if task == 8:
+        txt, qimg, kind = said, img(ref.member, ref.tone), "edit-image"
+    else:
+        txt, qimg, kind = f"{ref.name}, but {said}", None, "edit-text"
+    cot = cots.make(salt, lambda r: edit_cot(ref, tgt, resolved, r, task == 8), tgt.name, source_caption=ref.name,
+                    query=f"{qimg}|{txt}")
+    if cot is None:
+        return None
+    return Made(txt, qimg, positive, "reason", cot, tgt.name, ref.name, kind, negatives, fam)
+
+
 def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str = "plain",
            relative_drill: int = 0) -> None:
     """task8 (reference image + edit) and task2 (the edit in text) -> (image, name) of the target variant."""
@@ -421,17 +437,10 @@ def _edits(corpus, edit_fams, img, sizes, seed, cots: CotMaker, tone_step: str =
                     sib_pool = [v for v in vs if v.key != tgt.key and (s != "train" or split_of[v.key] == "train")]
                     negs = tuple(cand[v.key] for v in rng.sample(sib_pool, min(3, len(sib_pool))))
                     for ref in rng.sample(options, min(2 if s == "train" else 1, len(options))):
-                        said, resolved = edit_text(ref, tgt, rng, tone_step)
-                        if task == 8:
-                            txt, qimg, kind = said, img(ref.member, ref.tone), "edit-image"
-                        else:
-                            txt, qimg, kind = f"{ref.name}, but {said}", None, "edit-text"
-                        cot = cots.make(f"e{task}:{ref.key}:{tgt.key}",
-                                        lambda r, ref=ref, tgt=tgt, res=resolved, im=task == 8: edit_cot(ref, tgt, res, r, im),
-                                        tgt.name, source_caption=ref.name, query=f"{qimg}|{txt}")
-                        if cot is not None:
-                            made.append(Made(txt, qimg, cand[tgt.key], "reason", cot, tgt.name, ref.name, kind,
-                                             negs, fam))
+                        m = _edit_query(task, ref, tgt, edit_text(ref, tgt, rng, tone_step), img, cots,
+                                        f"e{task}:{ref.key}:{tgt.key}", cand[tgt.key], negs, fam)
+                        if m is not None:
+                            made.append(m)
                     plain_txt = _pick(rng, ("the {n} emoji", "{n}", "show me the {n} emoji")).format(n=tgt.name)
                     ref = rng.choice(options)
                     made.append(Made(plain_txt, img(ref.member, ref.tone) if task == 8 else None, cand[tgt.key],
@@ -478,19 +487,13 @@ def _relative_drill(corpus, pair: Pair, variants, split_of, cand, img, n: int, s
     for fam, ref, tgt, vs in options:
         if len(made) == n:
             break
-        said, resolved = edit_text(ref, tgt, rng, tone_step, relative=True)
-        if pair.task_id == 8:
-            txt, qimg, kind = said, img(ref.member, ref.tone), "edit-image"
-        else:
-            txt, qimg, kind = f"{ref.name}, but {said}", None, "edit-text"
-        cot = cots.make(f"drill{pair.task_id}:{ref.key}:{tgt.key}",
-                        lambda r, ref=ref, tgt=tgt, res=resolved, im=pair.task_id == 8: edit_cot(ref, tgt, res, r, im),
-                        tgt.name, source_caption=ref.name, query=f"{qimg}|{txt}")
-        if cot is None:
+        said = edit_text(ref, tgt, rng, tone_step, relative=True)
+        m = _edit_query(pair.task_id, ref, tgt, said, img, cots, f"drill{pair.task_id}:{ref.key}:{tgt.key}",
+                        cand[tgt.key], (), fam)
+        if m is None:
             continue
         sibs = [v for v in vs if v.key != tgt.key and split_of[v.key] == "train" and cand[v.key] in in_pool]
-        negs = tuple(cand[v.key] for v in rng.sample(sibs, min(3, len(sibs))))
-        made.append(Made(txt, qimg, cand[tgt.key], "reason", cot, tgt.name, ref.name, kind, negs, fam))
+        made.append(replace(m, negatives=tuple(cand[v.key] for v in rng.sample(sibs, min(3, len(sibs))))))
     if len(made) < n:
         logger.warning("%s: %d relative drill queries of %d asked (every training pair used)", pair.name, len(made), n)
     pair.queries["train"] = pair.queries["train"] + [_made_query(corpus, m, pair.task_id) for m in made]
