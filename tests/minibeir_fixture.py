@@ -115,11 +115,13 @@ def wordnet_entries() -> dict[str, list[tuple[int, str, str | None]]]:
     return senses
 
 
-def make_wordnet(root: Path) -> Path:
-    """index.noun and data.noun in WordNet 3.0's format, records addressed by their byte offset."""
+def make_wordnet(root: Path, extra: dict[str, list[tuple[int, str, str | None]]] | None = None,
+                 counts: dict[str, int] | None = None) -> Path:
+    """index.noun and data.noun in WordNet 3.0's format, records addressed by their byte offset: the senses of
+    `wordnet_entries` and `extra`; with `counts` (lemma -> SemCor tags of its first sense) also cntlist.rev."""
     root.mkdir(parents=True, exist_ok=True)
     header = "  1 This is a synthetic WordNet for tests (licence header lines start with two spaces).\n"
-    entries = wordnet_entries()
+    entries = {**wordnet_entries(), **(extra or {})}
     synsets = [(lemma.replace(" ", "_"), lex, gloss, hyper) for lemma, ss in entries.items() for lex, gloss, hyper in ss]
     first_of = {}  # lemma -> index of its first synset, for hypernym pointers
 
@@ -144,6 +146,9 @@ def make_wordnet(root: Path) -> Path:
     rows = [f"{lemma} n {len(offs)} 1 @ {len(offs)} 0 {' '.join(f'{o:08d}' for o in offs)}  \n"
             for lemma, offs in sorted(index.items())]
     (root / "index.noun").write_text(header + "".join(rows))
+    if counts is not None:
+        (root / "cntlist.rev").write_text("".join(f"{lemma.replace(' ', '_')}%1:06:00:: 1 {n}\n"
+                                                  for lemma, n in sorted(counts.items())))
     return root
 
 

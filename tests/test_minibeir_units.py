@@ -163,7 +163,7 @@ def test_v2_cots_pass_filters() -> None:
             cot = teacher.strip_tags(out.raw)
             assert cot.endswith(f"Target: {tgt.name}.") and ref.name in cot and len(cot.split()) <= MAX_COT_WORDS
         e = _member("hot dog", None, "1F000")
-        out = me.definition_cot(e, rng)
+        out = me.definition_cot(e.name, rng)
         assert teacher.filter_cot(out.raw, e.name, None, out.keywords) == (True, "ok")
         assert teacher.strip_tags(out.raw).endswith("Target: the hot dog emoji.")
 

@@ -76,6 +76,8 @@ from .backbones.base import Backbone, RenderedPrompt
 from .batching import GroupSampler, not_negatives
 from .encoder import EncoderConfig, TraceEncoder
 from .examples import Example, load_examples
+from .glosses import GLOSS_PAIR, gloss_examples
+from .minibeir.wordnet import DEFAULT_WORDNET_DIR
 from .naming import NAMING_PAIR, fit_name_head, image_names, naming_examples
 from .prompts import TRACE_STYLE, PromptStyle, render_candidate, render_query
 from .records import Candidate, Query, load_image
@@ -351,7 +353,8 @@ class Trainer:
         q_features = self._features(queries)
         fwd = self.model.forward_train(q_prompts, [self._targets(ex) for ex in batch], q_features)
         ce = fwd.ce_sum / max(fwd.n_tokens, 1)
-        if self.cfg.lambda_ret == 0 and self.cfg.lambda_direct == 0:  # CE only (the naming stage): no candidates
+        if (self.cfg.lambda_ret == 0 and self.cfg.lambda_direct == 0) or batch[0].pair == GLOSS_PAIR:
+            # CE only (the naming stage, the gloss drill): no candidates
             zero = ce.new_zeros(()).detach()
             return {"loss": self.cfg.lambda_gen * ce, "nce": zero, "ce": ce.detach(), "nce_direct": zero,
                     "in_batch_acc": zero, "n_hard_neg": zero, "self_cot": zero, "wrong_cot": zero}
@@ -559,6 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "the name head alone (TRACE-mini), from frozen image features to names")
     parser.add_argument("--naming", action="store_true",
                         help="joint stage: add the naming examples as one more pair, named 'naming'")
+    parser.add_argument("--glosses", type=int, default=0, metavar="N",
+                        help="joint stage: add up to N definition questions about common WordNet nouns that no "
+                             "candidate names, as one more pair named 'glosses', trained with the CoT loss alone "
+                             "(see trace_core/glosses.py)")
+    parser.add_argument("--gloss-pair", default="emoji_task1",
+                        help="the definition pair whose instructions the gloss drill asks with")
+    parser.add_argument("--wordnet-dir", type=Path, default=DEFAULT_WORDNET_DIR,
+                        help="WordNet database (Debian wordnet-base) of the gloss drill")
     for f in dataclasses.fields(TrainConfig):
         kind = _boolean if isinstance(f.default, bool) else type(f.default)  # bool("False") would be True
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
@@ -587,6 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"no named training images under {args.data}")
             examples = {NAMING_PAIR: named} if args.stage == "naming" else {**examples, NAMING_PAIR: named}
             log.info("naming examples: %d training images with names", len(named))
+        if args.glosses and args.stage == "joint":
+            like = examples.get(args.gloss_pair)
+            drill = gloss_examples(args.wordnet_dir, Path(args.data), like[0].instructions if like else (),
+                                   args.glosses, cfg.seed)
+            examples = {**examples, GLOSS_PAIR: drill}
+            log.info("gloss drill: %d definition questions about nouns no candidate names", len(drill))
         model, style = build_model(args.base, args.init)
         precompute_features(model, examples, args.feature_store)
         trainer = Trainer(model, style, examples, Path(args.out), cfg)

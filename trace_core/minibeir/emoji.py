@@ -207,16 +207,16 @@ def definition_senses(wordnet: WordNet, e: src.Emoji, most: int = 3) -> list:
 
 
 
-def definition_cot(e: src.Emoji, rng: random.Random) -> teacher.TeacherOutput:
-    """Short definition CoT: what the description is, then the target. One step, resolved by the LM's own
-    knowledge of the word (the test targets never occur in training)."""
-    article = "an" if e.name[0] in "aeiou" else "a"
-    reasoning = _pick(rng, ("This describes {a} {n}.", "The description fits {a} {n}.")).format(a=article, n=e.name)
-    answer = f"Target: the {e.name} emoji."
+def definition_cot(name: str, rng: random.Random) -> teacher.TeacherOutput:
+    """Short definition CoT: what the description is, then the target ``name``. One step, resolved by the LM's
+    own knowledge of the word (the test targets never occur in training)."""
+    article = "an" if name[0] in "aeiou" else "a"
+    reasoning = _pick(rng, ("This describes {a} {n}.", "The description fits {a} {n}.")).format(a=article, n=name)
+    answer = f"Target: the {name} emoji."
     return teacher.TeacherOutput(
         raw=f"<reasoning>{reasoning}</reasoning><answer>{answer}</answer>",
         answer=answer,
-        keywords=tuple(w for w in e.name.split() if len(w) > 2) or (e.name,),
+        keywords=tuple(w for w in name.split() if len(w) > 2) or (name,),
     )
 
 
@@ -372,7 +372,7 @@ def _definitions(corpus, plain, split_of, img, sizes, seed, cots: CotMaker, word
             qs = answerable[c]
         for t, txt in qs:
             cot = cots.make(f"e1:{e.code}:{t}:{txt}" if reach is not None else f"e1:{e.code}:{t}",
-                            lambda r, e=e: definition_cot(e, r), e.name, query=txt)
+                            lambda r, e=e: definition_cot(e.name, r), e.name, query=txt)
             if cot is not None:
                 per_split[s].append(Made(txt, None, passages[e.code], "reason", cot, e.name, None, "definition",
                                          negs, e.family))

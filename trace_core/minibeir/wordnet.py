@@ -33,16 +33,20 @@ class WordNet:
     """Noun senses by lemma, in WordNet's frequency order (the first sense is the most common)."""
 
     def __init__(self, root: Path = DEFAULT_WORDNET_DIR) -> None:
+        self.root = root
         index, data = root / "index.noun", root / "data.noun"
         if not index.is_file() or not data.is_file():
             raise SourceMissingError("wordnet", root, "no index.noun / data.noun")
         self._offsets: dict[str, list[int]] = {}
+        self._tagged: set[str] = set()  # lemmas with a sense tagged in the SemCor corpus (tagsense_cnt > 0)
         for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith(" "):  # licence header
                 continue
             parts = line.split()
             n_senses = int(parts[2])
             self._offsets[parts[0]] = [int(x) for x in parts[-n_senses:]]
+            if int(parts[-n_senses - 1]) > 0:  # lemma pos synset_cnt p_cnt [ptr]... sense_cnt tagsense_cnt offsets
+                self._tagged.add(parts[0])
         self._data = data.read_bytes()  # records are addressed by byte offset
 
     def _record(self, offset: int) -> tuple[int, list[str], list[int], str]:
@@ -57,6 +61,21 @@ class WordNet:
         n_ptr = int(parts[k])
         hypernyms = [int(parts[k + 1 + 4 * i + 1]) for i in range(n_ptr) if parts[k + 1 + 4 * i] == "@"]
         return lexfile, words, hypernyms, gloss.strip()
+
+    def common_lemmas(self, min_count: int = 2) -> set[str]:
+        """Lemmas ("hot_dog") whose first noun sense is tagged at least `min_count` times in the SemCor corpus
+        (WordNet's `cntlist.rev`): the common nouns. Without that file, every lemma with a tagged sense."""
+        counts = self.root / "cntlist.rev"
+        if not counts.is_file():
+            return set(self._tagged)
+        out = set()
+        for line in counts.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split()  # sense_key sense_number tag_cnt; a noun's key is lemma%1:...
+            if len(parts) == 3 and parts[1] == "1" and int(parts[2]) >= min_count:
+                lemma, _, rest = parts[0].partition("%")
+                if rest.startswith("1:") and lemma in self._offsets:
+                    out.add(lemma)
+        return out
 
     def senses(self, lemma: str, lexfiles: Collection[str] | None = None) -> list[Sense]:
         """The noun senses of ``lemma`` (spaces allowed), optionally only those in the given lexfiles."""
