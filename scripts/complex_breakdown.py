@@ -1,0 +1,81 @@
+"""Where reasoning helps and where it costs, on the complex queries of a TRACE-mini test run.
+
+    python -m trace_core.evaluate --mbeir-dir runs/minibeir-v6 --split test --pairs all \
+        --model runs/joint10/trace-mini --out runs/test-joint10 --counterfactual
+    PYTHONPATH=. python scripts/complex_breakdown.py runs/minibeir-v6 runs/test-joint10
+
+Prints, for the reason-labelled (complex) queries: R@1/5/10 of auto against never (the direct embedding of the
+same model) with the auto-minus-never difference and its bootstrap 95 % interval, pooled, per pair, for the
+relative skin-tone edits ("one shade darker") and the other complex queries, and split by whether the CoT names
+the target; then the mean headline (R@5 over all pairs) of auto, never and always. The figures of runs 10 and
+11 in assets/trace-mini/training/README.md come from it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trace_core.minibeir.emoji import _DARKER, _LIGHTER
+from trace_core.minibeir.evidence import cot_names
+
+RELATIVE = tuple(_DARKER + _LIGHTER)
+
+
+def load(data: Path, run: Path, split: str = "test") -> pd.DataFrame:
+    table = pd.read_parquet(run / "queries.parquet")
+    labels = []
+    for f in (data / "query" / split).glob("*.jsonl"):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            o = json.loads(line)
+            labels.append({"qid": o["qid"], "label": o["route"], "target_name": o.get("target_name")})
+    return table.merge(pd.DataFrame(labels), on="qid")
+
+
+def diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b in points, and the 2.5 / 97.5 percentiles of its bootstrap over queries."""
+    d = (a.astype(float) - b.astype(float)) * 100
+    rng = np.random.default_rng(seed)
+    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)]
+    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def row(name: str, g: pd.DataFrame) -> str:
+    if g.empty:
+        return f"{name:26s} n=   0"
+    parts = [f"{name:26s} n={len(g):4d} CoT names target {g.cot_target.mean() * 100:5.1f}"]
+    for k in (1, 5, 10):
+        a, n = (g.gold_rank <= k).to_numpy(), (g.gold_rank_direct <= k).to_numpy()
+        d, lo, hi = diff_ci(a, n)
+        parts.append(f"R@{k} {a.mean() * 100:5.1f}/{n.mean() * 100:5.1f} ({d:+.1f} [{lo:+.1f}, {hi:+.1f}])")
+    return "  ".join(parts)
+
+
+def main(data: Path, run: Path, split: str = "test") -> None:
+    t = load(data, run, split)
+    c = t[t.label == "reason"].copy()
+    c["cot_target"] = [bool(cot_names(x, tn)) if r == "reason" else False
+                       for x, tn, r in zip(c.cot, c.target_name, c.route, strict=True)]
+    relative = c.query_txt.fillna("").str.contains("|".join(RELATIVE), regex=True)
+    print("complex queries, auto / never in % (auto - never [bootstrap 95 % interval])")
+    print(row("all complex", c))
+    for pair, g in c.groupby("pair"):
+        print(row(pair, g))
+    print(row("relative tone edits", c[relative]))
+    print(row("other complex", c[~relative]))
+    print(row("CoT names the target", c[c.cot_target]))
+    print(row("CoT does not", c[~c.cot_target]))
+    simple = t[t.label == "direct"]
+    print(f"simple queries reasoned: {(simple.route == 'reason').mean() * 100:.1f} %")
+    heads = {name: t.groupby("pair")[col].apply(lambda r: (r <= 5).mean() * 100).mean()
+             for name, col in (("auto", "gold_rank"), ("never", "gold_rank_direct"), ("always", "gold_rank_always"))
+             if col in t}
+    print("mean headline (R@5 over pairs): " + ", ".join(f"{k} {v:.2f}" for k, v in heads.items()))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *(sys.argv[3:4] or ["test"]))
