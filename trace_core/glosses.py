@@ -9,8 +9,8 @@ the CoT cross-entropy alone on the definition CoT of the corpus ("The descriptio
 the lantern emoji."): there is no candidate to retrieve, so these rows add no InfoNCE
 (`python -m trace_core.train --glosses N`, the pair named "glosses" in `--group-weights`).
 
-Leakage: a noun is left out when it, or a word of its gloss run, is the name of any candidate of the corpus
-(every split's pools), or when its gloss is quoted by a val or test query; so no held-out target and no
+Leakage: a noun is left out when it, or any of its words, is a word of the name of any candidate of the
+corpus (every split's pools), or when its gloss is quoted by a val or test query; so no held-out target and no
 held-out question is ever drilled.
 """
 
@@ -63,7 +63,7 @@ def corpus_names(data: Path) -> tuple[set[str], list[str]]:
 
 
 def drill_nouns(wordnet: WordNet, names: set[str], held_out: list[str], n: int, seed: int) -> list[tuple]:
-    """Up to `n` (lemma, sense) of common nouns (tagged in SemCor), first sense in `DRILL_FILES`, whose gloss
+    """Up to `n` (lemma, sense) of common nouns (`WordNet.common_lemmas`: first sense tagged twice in SemCor), first sense in `DRILL_FILES`, whose gloss
     does not name them, none of them a corpus name or described by a held-out query; shuffled by `seed`."""
     name_words = {w for name in names for w in re.findall(r"[a-z]+", name)}
     held = " \n ".join(held_out)
