@@ -241,6 +241,16 @@ def make_fashion_source(root: Path, per_class: int = 30) -> Path:
 SIZES = mb.Sizes(train=30, val=5, test=10, pool=60, mixed_train=40, mixed_test=20, edit_pool=220)
 
 
+def build_synthetic(tmp: Path) -> Path:
+    """The synthetic sources under `tmp` and the corpus built from them, at `tmp`/corpus."""
+    make_emoji_source(tmp / "emoji-src")
+    make_fashion_source(tmp / "fashion-src")
+    make_wordnet(tmp / "wordnet")
+    out = tmp / "corpus"
+    mb.build(_config(tmp, out))
+    return out
+
+
 def _config(tmp: Path, out: Path, seed: int = 0) -> mb.BuildConfig:
     return mb.BuildConfig(
         out=out,

@@ -13,16 +13,13 @@ from tests.minibeir_fixture import (
     LEX_ARTIFACT,
     LEX_FOOD,
     LEX_PERSON,
-    _config,
     _queries,
-    make_emoji_source,
-    make_fashion_source,
+    build_synthetic,
     make_wordnet,
 )
 from tests.test_train import _mini
 from trace_core import train
 from trace_core.glosses import GLOSS_PAIR, gloss_examples
-from trace_core.minibeir import build as mb
 from trace_core.minibeir.wordnet import WordNet
 from trace_core.prompts import TRACE_STYLE
 from trace_core.train import TrainConfig, Trainer, load_examples
@@ -32,13 +29,7 @@ INSTRUCTIONS = ("Find the emoji this describes.", "Which emoji fits the descript
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("glosses")
-    make_emoji_source(tmp / "emoji-src")
-    make_fashion_source(tmp / "fashion-src")
-    make_wordnet(tmp / "wordnet")
-    out = tmp / "corpus"
-    mb.build(_config(tmp, out))
-    return out
+    return build_synthetic(tmp_path_factory.mktemp("glosses"))
 
 
 def _held_out_gloss(corpus: Path) -> str:

@@ -31,6 +31,7 @@ from tests.minibeir_fixture import (
     _pool,
     _queries,
     _tone,
+    build_synthetic,
     check_all,
     check_definitions,
     check_edits,
@@ -38,7 +39,6 @@ from tests.minibeir_fixture import (
     check_no_leak,
     check_routes,
     make_emoji_source,
-    make_fashion_source,
     make_wordnet,
 )
 from trace_core import mbeir
@@ -49,13 +49,7 @@ from trace_core.minibeir import sources
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("minibeir")
-    make_emoji_source(tmp / "emoji-src")
-    make_fashion_source(tmp / "fashion-src")
-    make_wordnet(tmp / "wordnet")
-    out = tmp / "corpus"
-    mb.build(_config(tmp, out))
-    return out
+    return build_synthetic(tmp_path_factory.mktemp("minibeir"))
 
 
 # ----------------------------------------------------------------------------------------------------
