@@ -4,29 +4,27 @@ The images are drawn by plotly.js in the browser (`Plotly.downloadImage`), from 
 server needs no image exporter (kaleido and a headless browser are not installed). Gradio's plotly component
 puts plotly.js on `window.Plotly`; the PNG and SVG buttons sit in the plot's toolbar (gr.Plot `buttons`).
 The CSV is the DataFrame the figure is built from (the pure builders of `analysis.figures` and the
-walkthrough), written atomically to a fresh temporary folder under the figure's name.
+walkthrough), written atomically to a fresh scratch folder (app.scratch) under the figure's name.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from app import scratch
 from trace_core.atomic import atomic_file
 
 CSV_LABEL = "Data (CSV)"
 
 
 def csv_file(frame: pd.DataFrame, name: str) -> str:
-    """`frame` as `<fresh temporary folder>/<name>.csv`, written atomically; its path. A folder of its own per
+    """`frame` as `<fresh scratch folder>/<name>.csv`, written atomically; its path. A folder of its own per
     call, so that two visitors' downloads never share a file and the file keeps the figure's name."""
-    folder = Path(tempfile.mkdtemp(prefix="trace-figure-"))
-    path = folder / f"{slug(name)}.csv"
+    path = scratch.fresh("figure") / f"{slug(name)}.csv"
     atomic_file(path, lambda tmp: frame.to_csv(tmp, index=False))
     return str(path)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import itertools
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from analysis.map_selection import (
 )
 from trace_core.records import REASONING_MODES, InputError, check_k
 
-from . import first_visit, usecases
+from . import first_visit, scratch, usecases
 from .display import QUERY_IMAGE, STOP_NOTES, cap_warning
 from .services import Services
 from .usecases import UserError, open_api_image
@@ -327,8 +326,7 @@ def build_map_tab(services: Services, link: MapLink | None = None) -> None:
         "not hidden). " + sample, elem_classes="trace-map-intro")
     tasks = services.tasks
     first = first_visit.default_task(services)  # a task that takes a typed query
-    folder = Path(tempfile.mkdtemp(prefix="trace-map-"))  # this process's points file and exports
-    points = emap.write_client(folder)
+    points = emap.write_client(scratch.pinned("map"))  # the page loads it by path: never pruned
     gr.set_static_paths([PLOTLY_JS, points, str(Path(services.root).resolve())])  # and the gallery's images
 
     def placeholder(task_name: str) -> str:
@@ -361,7 +359,7 @@ def build_map_tab(services: Services, link: MapLink | None = None) -> None:
         to_errors = gr.Button("Filter the error table to this selection", size="sm", visible=link is not None)
         csv_out = gr.DownloadButton("Selection as CSV", interactive=False, size="sm", elem_id="trace-map-csv")
         json_out = gr.DownloadButton("Selection as JSON", interactive=False, size="sm", elem_id="trace-map-json")
-        gr.DownloadButton("Map data (CSV)", value=export_map(services, folder), size="sm", elem_id="trace-map-data")
+        gr.DownloadButton("Map data (CSV)", value=export_map(services, scratch.fresh("map")), size="sm", elem_id="trace-map-data")
     table = gr.Dataframe(lit_table(services, None), headers=TABLE_HEADERS, interactive=False, wrap=True,
                          max_height=420, label="Lit points", elem_classes=["fit-table", "trace-map-table"],
                          column_widths=["6%", "10%", "8%", "12%", "30%", "8%", "7%", "6%", "8%"])
@@ -379,7 +377,7 @@ def build_map_tab(services: Services, link: MapLink | None = None) -> None:
     def exports(lit: Lit | None):
         if lit is None:
             return gr.DownloadButton(value=None, interactive=False), gr.DownloadButton(value=None, interactive=False)
-        csv_path, json_path = export_lit(services, lit, folder)
+        csv_path, json_path = export_lit(services, lit, scratch.fresh("map"))
         return gr.DownloadButton(value=str(csv_path), interactive=True), \
             gr.DownloadButton(value=str(json_path), interactive=True)
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
+from pathlib import Path
 
 import gradio as gr
 from gradio import FileData
 from gradio.utils import get_upload_folder
 from PIL import Image
 
+from trace_core.atomic import atomic_file
 from trace_core.records import REASONING_MODES, CotDelta, InputError, QueryResult, check_routing_bias
 
+from . import scratch
 from .display import (
     HIT_HEADERS,
     QUERY_IMAGE,
@@ -155,10 +156,12 @@ def gold_summary(res: SearchResult, k: int, task_names: dict[str, str] | None = 
 
 
 def export_file(res: SearchResult, fingerprint: dict) -> str:
-    fd, path = tempfile.mkstemp(prefix="trace-search-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(res.to_json(fingerprint), fh, indent=2)
-    return path
+    """The search as JSON (query, route, CoT, hits, the model's fingerprint) in a fresh scratch folder, written
+    atomically; its path."""
+    path = scratch.fresh("search") / "trace-search.json"
+    text = json.dumps(res.to_json(fingerprint), indent=2)
+    atomic_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return str(path)
 
 
 def warning_note(message: str) -> str:

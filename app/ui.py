@@ -70,7 +70,9 @@ def model_notice(services: Services) -> str:
 
 
 def build_app(services: Services) -> gr.Blocks:
-    with gr.Blocks(title="TRACE: reason, then embed") as demo:
+    # Gradio's copies of the files events hand out (exports, CSVs) and of visitors' uploads are deleted a day
+    # after they were made (checked hourly); the page's own defaults are kept. Our originals: app.scratch.
+    with gr.Blocks(title="TRACE: reason, then embed", delete_cache=(3600, 86400)) as demo:
         gr.Markdown("# TRACE: a retriever that thinks before it embeds\n" + PLAIN, elem_classes="intro")
         gr.Markdown(model_notice(services) + "".join(f"\n\n⚠ {note}" for note in services.notes),
                     elem_classes="demo-notice")

@@ -6,6 +6,7 @@ The tiny TRACE-mini here is random (a test model for the mechanics); the shipped
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -256,6 +257,17 @@ def test_hits_and_the_json_say_what_each_candidate_is(services):
     text = search(services, "webqa_task1", "who?", None, None, "never", 2)
     assert all(h.name == h.text and h.image_rel is None for h in text.hits)
     assert all(hit["text"] and hit["image"] is None for hit in text.to_json(services.fingerprint)["hits"])
+
+
+def test_the_search_export_is_the_json_in_a_scratch_folder_of_its_own(services):
+    from app import scratch
+    from app.search_tab import export_file
+
+    res = search(services, "mscoco_task0", "a dog", None, None, "never", 3)
+    first, second = Path(export_file(res, services.fingerprint)), Path(export_file(res, services.fingerprint))
+    assert first.parent != second.parent and first.name == "trace-search.json"  # one folder per download
+    assert scratch.root() in first.parents
+    assert json.loads(first.read_text()) == json.loads(json.dumps(res.to_json(services.fingerprint)))
 
 
 def test_the_route_badge_says_what_the_model_itself_would_have_done(services):

@@ -1,0 +1,51 @@
+"""app.scratch: the files the app hands out live under one folder of the process and old ones are pruned."""
+
+import os
+import time
+
+import pandas as pd
+
+from app import downloads, scratch
+
+
+def test_fresh_folders_are_separate_and_under_the_process_root():
+    a, b = scratch.fresh("figure"), scratch.fresh("figure")
+    assert a != b and a.is_dir() and b.is_dir()
+    assert a.parent == b.parent == scratch.root() / "files"
+
+
+def test_prune_removes_only_entries_older_than_the_age(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    (old / "x.csv").write_text("a")
+    new.mkdir()
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert scratch.prune(tmp_path, max_age_s=3600, force=True) == 1
+    assert not old.exists() and (new.is_dir())
+
+
+def test_prune_sweeps_at_most_once_a_minute(tmp_path):
+    scratch.prune(tmp_path, force=True)  # a sweep just ran
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    past = time.time() - 7200
+    os.utime(stale, (past, past))
+    assert scratch.prune(tmp_path, max_age_s=3600) == 0 and stale.exists()  # too soon after the last sweep
+    assert scratch.prune(tmp_path, max_age_s=3600, force=True) == 1
+
+
+def test_figure_csv_is_written_into_scratch_with_the_figure_name():
+    path = downloads.csv_file(pd.DataFrame({"pair": ["a"], "r5": [1.0]}), "Reason rate by pair")
+    assert path.endswith("reason-rate-by-pair.csv")
+    assert str(scratch.root()) in path
+    assert pd.read_csv(path)["pair"].tolist() == ["a"]
+
+
+def test_pinned_folder_survives_a_prune():
+    pinned = scratch.pinned("map")
+    (pinned / "points.json").write_text("{}")
+    past = time.time() - 7200
+    os.utime(pinned, (past, past))
+    scratch.prune(scratch.root() / "files", max_age_s=0, force=True)  # prunes exports only
+    assert (pinned / "points.json").is_file()
