@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), prevent_thread_lock=True)
     if isinstance(encoder, LazyEncoder):
         encoder.start()  # the page answers already; a search sent meanwhile waits for the model
+    # SIGTERM (a Space or container stopping, `kill`) ends the app as Ctrl-C does: the server closes and the
+    # process exits normally, so its scratch folder (app.scratch) is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.block_thread()
     return 0
 

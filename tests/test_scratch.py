@@ -49,3 +49,38 @@ def test_pinned_folder_survives_a_prune():
     os.utime(pinned, (past, past))
     scratch.prune(scratch.root() / "files", max_age_s=0, force=True)  # prunes exports only
     assert (pinned / "points.json").is_file()
+
+
+def test_sigterm_stops_the_app_and_removes_its_scratch_folder(tmp_path):
+    """A Space or container stops the app with SIGTERM: it must exit cleanly, taking its scratch folder along."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--no-map"], cwd=root,
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, "the app exited before it answered"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "the page did not answer"
+                time.sleep(1)
+        assert list(tmp_path.glob("trace-app-*"))  # the page's CSV downloads are written there
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list(tmp_path.glob("trace-app-*"))
