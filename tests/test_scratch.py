@@ -8,6 +8,11 @@ import pandas as pd
 from app import downloads, scratch
 
 
+def _two_hours_old(path):
+    past = time.time() - 7200
+    os.utime(path, (past, past))
+
+
 def test_fresh_folders_are_separate_and_under_the_process_root():
     a, b = scratch.fresh("figure"), scratch.fresh("figure")
     assert a != b and a.is_dir() and b.is_dir()
@@ -19,8 +24,7 @@ def test_prune_removes_only_entries_older_than_the_age(tmp_path):
     old.mkdir()
     (old / "x.csv").write_text("a")
     new.mkdir()
-    past = time.time() - 7200
-    os.utime(old, (past, past))
+    _two_hours_old(old)
     assert scratch.prune(tmp_path, max_age_s=3600, force=True) == 1
     assert not old.exists() and (new.is_dir())
 
@@ -29,8 +33,7 @@ def test_prune_sweeps_at_most_once_a_minute(tmp_path):
     scratch.prune(tmp_path, force=True)  # a sweep just ran
     stale = tmp_path / "stale"
     stale.mkdir()
-    past = time.time() - 7200
-    os.utime(stale, (past, past))
+    _two_hours_old(stale)
     assert scratch.prune(tmp_path, max_age_s=3600) == 0 and stale.exists()  # too soon after the last sweep
     assert scratch.prune(tmp_path, max_age_s=3600, force=True) == 1
 
@@ -45,8 +48,7 @@ def test_figure_csv_is_written_into_scratch_with_the_figure_name():
 def test_pinned_folder_survives_a_prune():
     pinned = scratch.pinned("map")
     (pinned / "points.json").write_text("{}")
-    past = time.time() - 7200
-    os.utime(pinned, (past, past))
+    _two_hours_old(pinned)
     scratch.prune(scratch.root() / "files", max_age_s=0, force=True)  # prunes exports only
     assert (pinned / "points.json").is_file()
 
