@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", default=None,
                         help="results.json of this model's evaluation (default: the one beside the model)")
     parser.add_argument("--analysis", default=None,
-                        help="queries.parquet of a --counterfactual evaluation (default: the one beside the model)")
+                        help="queries.parquet of a --counterfactual evaluation (default: the one beside the model, "
+                             "of the precision served when there is one: precision-int8/queries.parquet)")
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "index"))
     parser.add_argument("--shipped-cache", default=str(ROOT / "assets" / "cache"),
                         help="read-only prebuilt indexes and map (python -m app.ship), used when they match the "
@@ -38,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads while serving (default 1: on a shared 2-vCPU machine, 2 threads decode a "
                              "chain of thought 3.5x slower beside a busy process and only 9%% faster alone; "
                              "bench/threads.py). Loading the model and building caches run under it too")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                        help="int8: TRACE-mini's output head in int8 (faster chain-of-thought decoding; embeddings "
-                             "unchanged; bench --sections precision measures speed and recall)")
+    parser.add_argument("--precision", default=None, choices=("fp32", "int8"),
+                        help="TRACE-mini's weights: int8 (the default on a CPU: a quarter of the memory, faster; "
+                             "held-out recall within 0.5 points of fp32) or fp32 (the reference). Other models and "
+                             "GPUs: fp32. bench --sections precision measures both")
     parser.add_argument("--batch-window-ms", type=float, default=20.0,
                         help="searches that arrive within this many ms share one batch through the model "
                              "(micro-batching; bench --sections serving measures 1, 4 and 16 clients)")
@@ -63,20 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything starts a thread that runs torch (the model's load, a background build): each thread keeps
     # the thread count it first runs with.
     torch.set_num_threads(args.threads)
-    from app.services import ZERO_GPU, Services
+    from app.services import ZERO_GPU, Services, default_analysis
     from app.ui import build_app, css
     from trace_core.index import CorruptIndexError, IndexMismatchError
-    from trace_core.lazy import LazyEncoder
+    from trace_core.lazy import LazyEncoder, default_precision
     from trace_core.loading import ModelNotFoundError, load_model
 
+    precision = args.precision or ("fp32" if ZERO_GPU else default_precision(args.model))
     benchmark = args.benchmark or Path(args.model) / "results.json"
-    analysis = args.analysis or Path(args.model) / "queries.parquet"
+    analysis = args.analysis or default_analysis(args.model, precision)
     try:
         # TRACE-mini: the page is built from the checkpoint's files and served first; the weights load after,
         # in a thread (trace_core/lazy.py). Another model loads here, before serving, and so does any model on a
         # ZeroGPU Space (whose GPU must see the weights moved to it at start-up).
-        lazy = None if ZERO_GPU else LazyEncoder.of(args.model, precision=args.precision)
-        encoder = lazy or load_model(args.model, precision=args.precision)
+        lazy = None if ZERO_GPU else LazyEncoder.of(args.model, precision=precision)
+        encoder = lazy or load_model(args.model, precision=precision)
         job = None
         if args.build_analysis and not Path(analysis).is_file():
             done = analysis_folder(encoder, args)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 def analysis_folder(encoder, args) -> Path:
     """Where the evaluation of --build-analysis is cached: by model fingerprint and split."""
     fp = encoder.fingerprint
-    return Path(args.cache_dir).parent / "analysis" / f"{Path(fp['model_id']).name}-{fp['revision'][:12]}-{args.split}"
+    return Path(args.cache_dir).parent / "analysis" / f"{Path(fp['model_id']).name}-{fp['revision']}-{args.split}"
 
 
 def build_analysis(encoder, args) -> tuple[Path, Path]:

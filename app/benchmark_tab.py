@@ -129,10 +129,28 @@ def benchmark_reading(report: dict, demo: bool = True) -> str:
     return " ".join(lines)
 
 
+def served_precision_note(report: dict | None, fingerprint: dict) -> str | None:
+    """When the app serves the report's model at another precision (its fingerprint is the report's with a
+    `-int8` suffix: `trace_core.records.precision_revision`), a sentence that says so; else None."""
+    runs = (report or {}).get("runs") or {}
+    reported = ((next(iter(runs.values()), None) or {}).get("model") or {}).get("revision")
+    served = str(fingerprint.get("revision", ""))
+    if not reported or not served.startswith(f"{reported}-"):
+        return None
+    precision = served[len(reported) + 1 :]
+    return (f"The app serves this model in {precision} (fingerprint `{served}`); this report is of its float32 "
+            f"weights, the reference. The analysis tabs read the {precision} evaluation beside the model when it "
+            f"has one (`precision-{precision}/`), so their chains of thought and ranks are the ones a search here "
+            f"gives.")
+
+
 def build_benchmark_tab(services: Services) -> None:
     fp = services.fingerprint
     gr.Markdown(f"### Loaded model: `{fp['model_id']}` ({fp['style']} style, dim {fp['dim']})")
     report = services.benchmark
+    note = served_precision_note(report, fp)
+    if note:
+        gr.Markdown(note)
     if report is None:
         gr.Markdown("No evaluation of this model is loaded. Run `python -m trace_core.evaluate ...` and start the "
                     "app with `--benchmark OUT/results.json`.")

@@ -329,6 +329,14 @@ def _map_cached(pools, query_points, gold, model: dict, cache_dir, shipped) -> b
     return any((Path(f) / name).is_file() for f in [*shipped, cache_dir])
 
 
+def default_analysis(model: str | Path, precision: str) -> Path:
+    """The evaluation beside a model that the analysis tabs read: the one of the precision the app serves it in
+    when there is one (`precision-int8/queries.parquet`: its embeddings are those the served model computes),
+    else the float32 one (`queries.parquet`)."""
+    own = Path(model) / f"precision-{precision}" / "queries.parquet"
+    return own if precision != "fp32" and own.is_file() else Path(model) / "queries.parquet"
+
+
 def map_inputs(services: Services, analysis: str | Path | None) -> tuple[list[PoolPoints], list[QueryPoints], set]:
     """What the embedding map is made of: the pools, the benchmark queries (their embeddings beside
     `analysis`), and the gold candidates that stay on the map when a large pool is sampled."""

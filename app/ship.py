@@ -1,10 +1,11 @@
 """Regenerate the caches the app ships (assets/cache) from the shipped model and data.
 
-    python -m app.ship [--model assets/trace-mini] [--mbeir-dir assets/minibeir] [--out assets/cache]
+    python -m app.ship [--model assets/trace-mini] [--mbeir-dir assets/minibeir] [--out assets/cache] [--precision P]
 
 They are what the first start of `python app.py` would otherwise compute, and none of it depends on the
-machine: every demo pool's candidate index and the embedding map. Each carries the fingerprint of what it
-came from (an index's manifest names the model's weights, the prompt and the pool's content; the map's file
+machine: every demo pool's candidate index and the embedding map, for the precision the app serves the model
+in (`--precision`; int8 for TRACE-mini on a CPU, whose embeddings differ a little from float32's). Each
+carries the fingerprint of what it came from (an index's manifest names the model's weights, the prompt and the pool's content; the map's file
 name is the fingerprint of the model, the pools' embeddings and the benchmark queries), and the app takes one
 only when it matches: a retrained model or changed data rebuilds them in the local cache, as before.
 `tests/test_shipped_caches.py` fails when a shipped cache does not match the shipped model and data.
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from trace_core.records import PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("app.ship")
@@ -52,7 +55,8 @@ def half_precision_check(index, pair: str, table: pd.DataFrame | None, folder: P
     return {"queries": len(gold), "changed": changed}
 
 
-def ship(model: str, data: Path, out: Path, split: str, cache_dir: str, analysis: Path | None) -> dict:
+def ship(model: str, data: Path, out: Path, split: str, cache_dir: str, analysis: Path | None,
+         precision: str = "fp32") -> dict:
     from analysis.embedding_map import load_or_build
     from app.services import Services, map_inputs
     from trace_core.atomic import atomic_directory
@@ -60,7 +64,7 @@ def ship(model: str, data: Path, out: Path, split: str, cache_dir: str, analysis
     from trace_core.loading import load_model
     from trace_core.mbeir import discover_pairs, load_pair
 
-    encoder = load_model(model)
+    encoder = load_model(model, precision=precision)
     table = pd.read_parquet(analysis) if analysis is not None and analysis.is_file() else None
     report: dict = {"model": encoder.fingerprint, "data": str(data.relative_to(ROOT) if data.is_relative_to(ROOT)
                                                               else data), "split": split, "indexes": {}}
@@ -96,13 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", default=str(ROOT / "assets" / "cache"))
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "index"), help="the local cache, used and filled")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="the precision the caches are for (default: the one the app serves this model in)")
     parser.add_argument("--analysis", default=None, help="queries.parquet of the model's evaluation "
-                                                         "(default: the one beside the model)")
+                                                         "(default: the one the app reads, app.services.default_analysis)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    analysis = Path(args.analysis) if args.analysis else Path(args.model) / "queries.parquet"
+    from app.services import default_analysis
+    from trace_core.lazy import default_precision
+
+    precision = args.precision or default_precision(args.model)
+    analysis = Path(args.analysis) if args.analysis else default_analysis(args.model, precision)
     try:
-        report = ship(args.model, Path(args.mbeir_dir), Path(args.out), args.split, args.cache_dir, analysis)
+        report = ship(args.model, Path(args.mbeir_dir), Path(args.out), args.split, args.cache_dir, analysis,
+                      precision)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,18 +1,19 @@
-"""Precision: chain-of-thought decoding against the machine's memory-bandwidth bound, fp32 and int8 side by side,
-and fp32 with its weights as loaded (without `cpu_decoding_layout`: row-major, the merged LoRA wrappers kept).
+"""Precision: chain-of-thought decoding against the machine's memory-bandwidth bound, fp32 and int8 (every LM
+weight in int8, `trace_core/backbones/weight_int8.py`) side by side, and fp32 with its weights as loaded (without
+`cpu_decoding_layout`: row-major, the merged LoRA wrappers kept).
 
 Decoding one token at batch 1 reads every weight the step uses once, so its speed limit is the machine's memory
 bandwidth over the bytes read per token. Measured here, on one thread (the app serves on one):
 - bandwidth: a single-threaded sum over a 1 GiB float32 tensor (a streaming read), median of 5, in GB/s;
 - bytes per token: the LM's weights a decode step reads (every linear layer, norms, one embedding row,
-  `<|emb|>`'s output row), from the loaded modules, so int8's smaller head counts as int8; the KV cache of these
-  short prompts (under 1 MB) is left out;
+  `<|emb|>`'s output row), from the loaded modules, so int8 weights count one byte each (plus their scales);
+  the KV cache of these short prompts (under 1 MB) is left out;
 - tokens/s: the time between the first and the last generated token of `stream_query` (prefill excluded),
   reasoning forced, the three alternated, medians;
 - ratio = tokens/s / (GB/s / bytes per token), the share of the bound reached.
-Also per precision: candidates/s (one batched forward; int8 leaves this path unchanged), single-search latency
-of a direct-routed and of a reasoning query (encode + exact search in the pool), and the held-out recall of the
-two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench reads their results.json, it
+Also per precision: the model's weight bytes held (LM, vision encoder, heads), candidates/s (one batched
+forward), single-search latency of a direct-routed and of a reasoning query (encode + exact search in the pool),
+and the held-out recall of the two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench reads their results.json, it
 does not rerun them).
 """
 
@@ -49,11 +50,22 @@ def memory_gbps(gib: float = 1.0, repeats: int = 5) -> float:
 def bytes_per_token(lm: nn.Module, extra_params: int = 0) -> int:
     """Weight bytes one decode step reads: every linear layer (int8 ones at one byte a weight plus their
     scales), every norm, one row of the input embeddings; `extra_params` float32 values besides."""
+    from trace_core.backbones.weight_int8 import Int8Embedding, Int8Linear, _Head
+
+    def nbytes(*tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     total = extra_params * 4
-    for name, module in lm.named_modules():
+    for name, module in lm.named_modules():  # each module once (the tied int8 head's table is the embedding)
         if "lora_" in name:  # merged LoRA adapters (weights as loaded): kept, but a decode step skips them
             continue
-        if isinstance(module, nn.Embedding):
+        if isinstance(module, Int8Linear):
+            total += nbytes(module.qweight, module.scale)
+        elif isinstance(module, _Head):  # the whole int8 table, as the output head
+            total += nbytes(module.table.qweight, module.table.scale_bf16)
+        elif isinstance(module, Int8Embedding):  # one row, as the input embedding
+            total += module.embedding_dim + module.scale.element_size()
+        elif isinstance(module, nn.Embedding):
             total += module.weight.shape[1] * module.weight.element_size()
         elif isinstance(module, nn.Linear):
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
@@ -63,6 +75,12 @@ def bytes_per_token(lm: nn.Module, extra_params: int = 0) -> int:
         elif "Norm" in type(module).__name__:
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     return total
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer a model holds (each tensor once)."""
+    seen = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in seen.values())
 
 
 def decode_rate(encoder, query) -> tuple[float, int]:
@@ -112,7 +130,7 @@ def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cach
         simple, cands = _queries(root, "emoji_task0", 16)
         (pair,) = discover_pairs(root, "test", "emoji_task2")
         _, pool, _ = load_pair(pair)
-        index = pool_index(encoders["fp32"], pool, root, cache_dir, pair.pool_file.stem, progress=False,
+        index = pool_index(encoders["int8"], pool, root, cache_dir, pair.pool_file.stem, progress=False,
                            shipped=[Path(__file__).resolve().parents[1] / "assets" / "cache"])
         rates: dict[str, list[float]] = {p: [] for p in encoders}
         tokens: dict[str, list[int]] = {p: [] for p in encoders}
@@ -139,7 +157,8 @@ def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cach
             bound = gbps * 1e9 / per_token
             rate = statistics.median(rates[p])
             rows.append({
-                "precision": p, "memory_GBps": round(gbps, 1), "MB_per_token": round(per_token / 1e6, 1),
+                "precision": p, "weights_MB": round(model_bytes(e.backbone.model) / 1e6, 1),
+                "memory_GBps": round(gbps, 1), "MB_per_token": round(per_token / 1e6, 1),
                 "bound_tokens_per_s": round(bound, 1), "cot_tokens_per_s": round(rate, 1),
                 "ratio_to_bound": round(rate / bound, 3),
                 "candidates_per_s": round(statistics.median(cand_rate[p]), 2),

@@ -31,11 +31,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The most memory the process has held so far (VmHWM), loading included."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """The memory the process holds now (VmRSS). With int8 weights the peak is at loading (the float32 weights
+    are read, then quantised and dropped), so the two differ."""
+    return _status_mb(pid, "VmRSS")
 
 
 def start_app(extra: list[str], timeout: float = 1800) -> tuple[subprocess.Popen, str, float, Path]:
@@ -143,8 +154,10 @@ def run(clients: int, seconds: float, data: Path, first_run: bool) -> dict:
         out["peak_rss_mb_after_start"] = peak_rss_mb(proc.pid)
         out["first_search_s"] = startup + first_search(url, benchmark_queries(data)[0])  # waits for the model
         out["peak_rss_mb_after_first_search"] = peak_rss_mb(proc.pid)
+        out["rss_mb_after_first_search"] = rss_mb(proc.pid)
         out["load"] = load_test(url, clients, seconds, benchmark_queries(data))
         out["peak_rss_mb_after_load"] = peak_rss_mb(proc.pid)
+        out["rss_mb_after_load"] = rss_mb(proc.pid)
         with urllib.request.urlopen(url, timeout=10) as r:
             out["alive_after_load"] = r.status == 200 and proc.poll() is None
     finally:

@@ -15,7 +15,7 @@ from app.services import Services
 from app.usecases import UserError, search, stream_explanation
 from tests.mbeir_fixture import build_fixture
 from tests.tiny_mini import build_tiny_mini
-from trace_core.lazy import LazyEncoder, LoadError, is_trace_encoder, peek
+from trace_core.lazy import LazyEncoder, LoadError, default_precision, is_trace_encoder, peek
 from trace_core.loading import load_model
 from trace_core.prompts import TRACE_STYLE
 from trace_core.records import Query
@@ -183,7 +183,8 @@ def test_app_py_serves_first_and_loads_the_model_after(mini, eager, tmp_path, mo
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # the server's log in the order it was written
     fx = build_fixture(tmp_path / "mbeir")
     cache = str(tmp_path / "cache" / "index")
-    Services.load(str(mini), fx["root"], "test", cache, encoder=eager, embedding_map=False)  # indexes cached
+    served = load_model(str(mini), precision=default_precision(mini))  # int8 on a CPU: the app's default
+    Services.load(str(mini), fx["root"], "test", cache, encoder=served, embedding_map=False)  # indexes cached
     proc, url, _, log = start_app(["--model", str(mini), "--mbeir-dir", str(fx["root"]), "--no-map",
                                    "--shipped-cache", "", "--cache-dir", cache], timeout=300)
     try:
@@ -191,7 +192,7 @@ def test_app_py_serves_first_and_loads_the_model_after(mini, eager, tmp_path, mo
                                                  api_name="/search")
         data = out if isinstance(out, dict) else json.loads(out)
         assert data["route"] == "direct" and len(data["hits"]) == 3
-        assert data["model"] == peek(mini).fingerprint
+        assert data["model"] == peek(mini, precision=default_precision(mini)).fingerprint
         text = log.read_text()
         # the server listened before the model had loaded
         assert text.index("Running on local URL") < text.index("model loaded in")

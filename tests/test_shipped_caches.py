@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 import analysis.embedding_map as embedding_map
-from app.services import Services
+from app.services import Services, default_analysis
 from app.ship import ship
 from tests.mbeir_fixture import build_fixture
 from tests.tiny_mini import build_tiny_mini
 from trace_core.evaluate import EvalConfig, evaluate
+from trace_core.lazy import default_precision
 from trace_core.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,11 +83,13 @@ def test_ship_then_start_encodes_nothing_and_a_changed_pool_is_rebuilt(tmp_path,
 
 @pytest.mark.skipif(not (SHIPPED / "SHIPPED.json").is_file(), reason="no shipped caches (python -m app.ship)")
 def test_the_shipped_caches_match_the_shipped_model_and_data(tmp_path, monkeypatch):
-    """Fails when the model or the corpus changed without `python -m app.ship`: the app would rebuild them."""
-    encoder = load_model(str(MODEL))
+    """Fails when the model or the corpus changed without `python -m app.ship`: the app would rebuild them. The
+    caches are for the precision the app serves the shipped model in (int8 on a CPU)."""
+    precision = default_precision(MODEL)
+    encoder = load_model(str(MODEL), precision=precision)
     calls = _no_work(encoder, monkeypatch)
     services = Services.load(str(MODEL), DATA, "test", str(tmp_path / "cache"), encoder=encoder,
-                             analysis=MODEL / "queries.parquet", shipped=[SHIPPED])
+                             analysis=default_analysis(MODEL, precision), shipped=[SHIPPED])
     assert calls == [], "a shipped index does not match the shipped model or pool: run python -m app.ship"
     assert services.map is not None and not services.notes
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())

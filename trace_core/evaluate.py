@@ -33,7 +33,7 @@ from .instructions import Instructions, instructions_for
 from .loading import ModelNotFoundError
 from .mbeir import MBEIRPair, candidate_modality_of, check_images, discover_pairs, load_pair
 from .metrics import headline_metric, mean_of_pairs
-from .records import REASONING_MODES, InputError, ReasoningMode
+from .records import PRECISIONS, REASONING_MODES, InputError, ReasoningMode
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--pairs", default="all", help="'all' or comma-separated names, e.g. cirr_task7")
     parser.add_argument("--model", required=True, help="checkpoint directory (or hub id when online)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                        help="int8: TRACE-mini's LM with int8 weights (dynamic quantisation, CPU)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="int8: TRACE-mini's LM with int8 weights (CPU; trace_core/backbones/weight_int8.py)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--reasoning", default="auto", choices=REASONING_MODES)
     parser.add_argument("--routing-bias", type=float, default=0.0)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .encoder import EncoderConfig
 from .prompts import TRACE_STYLE, PromptStyle
+from .records import PRECISIONS, precision_revision
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,10 @@ def _hidden_size(weights: Path) -> int:
     return int(header["emb_in"]["shape"][0])
 
 
-def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig()) -> Peek | None:
-    """The fingerprint and settings of the TRACE-mini checkpoint at `path`, from its files; None when `path` is
-    not a TRACE-mini checkpoint folder or its files cannot be read this way (then load it as usual)."""
+def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig(), precision: str = "fp32") -> Peek | None:
+    """The fingerprint and settings of the TRACE-mini checkpoint at `path` served at `precision`, from its files;
+    None when `path` is not a TRACE-mini checkpoint folder or its files cannot be read this way (then load it as
+    usual)."""
     from .backbones.pretrained import SMOLLM2
     from .backbones.qwen2vl import weights_fingerprint
 
@@ -77,7 +79,7 @@ def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig()) -> Pe
         return None
     fingerprint = {
         "model_id": path.resolve().name,
-        "revision": weights_fingerprint(path),
+        "revision": precision_revision(weights_fingerprint(path), precision),
         "style": style.name,
         "prompt_hash": style.hash(),
         "candidate_prompt_hash": style.candidate_hash(),
@@ -85,6 +87,14 @@ def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig()) -> Pe
     }
     return Peek(fingerprint, style, config.max_cot_tokens or style.max_cot_tokens, str(cfg.get("lm", "")),
                 str(cfg.get("vision", "")))
+
+
+def default_precision(path: str | os.PathLike) -> str:
+    """How the app serves a model when not told: TRACE-mini on a CPU in int8 (its caches are shipped for it),
+    anything else (a Qwen-VL checkpoint, a GPU) in fp32."""
+    import torch
+
+    return "int8" if peek(path) is not None and not torch.cuda.is_available() else "fp32"
 
 
 def is_trace_encoder(encoder) -> bool:
@@ -122,12 +132,12 @@ class LazyEncoder:
     def of(cls, path: str | os.PathLike, precision: str = "fp32",
            config: EncoderConfig = EncoderConfig()) -> LazyEncoder | None:
         """A lazy TRACE-mini encoder for `path`, or None when `path` is not one (load it eagerly instead)."""
-        peeked = peek(path, config)
+        peeked = peek(path, config, precision)
         if peeked is None:
             return None
         import torch
 
-        if precision not in ("fp32", "int8") or (precision == "int8" and torch.cuda.is_available()):
+        if precision not in PRECISIONS or (precision == "int8" and torch.cuda.is_available()):
             return None  # load_model refuses these at once, with its message
 
         def load():

@@ -39,7 +39,7 @@ def load_model(
 
     style: a name from `trace_core.prompts.STYLES` or a `PromptStyle`; by default the checkpoint's own
     `trace_style.json`, else guessed from its special tokens.
-    precision: "fp32", or "int8" for TRACE-mini on CPU (`backbones.mini.quantise_lm`).
+    precision: "fp32", or "int8" for TRACE-mini on CPU (every LM weight in int8: `backbones/weight_int8.py`).
     """
     name = os.fspath(name_or_path)
     if name == "minilm-bridge":  # the zero-shot dual-encoder baseline (trace_core/baselines.py)

@@ -23,6 +23,15 @@ ReasoningMode = Literal["auto", "always", "never"]
 # "auto": the model decides at the first step; "always": `<|emb|>` is masked there; "never": direct for all.
 REASONING_MODES: tuple[ReasoningMode, ...] = get_args(ReasoningMode)
 StopReason = Literal["direct", "emb", "max_tokens", "eos"]
+Precision = Literal["fp32", "int8"]
+# TRACE-mini's serving precision: "int8" holds every weight of its LM in int8 (`backbones/weight_int8.py`).
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
+
+def precision_revision(revision: str, precision: str) -> str:
+    """The fingerprint of weights served at `precision`: int8 moves every embedding a little, so caches of
+    float32 embeddings (indexes, the map) must not be taken for int8 ones, nor the other way round."""
+    return revision if precision == "fp32" else f"{revision}-{precision}"
 
 # Decoding a 20000 x 20000 RGB image takes 1.2 GB; anything beyond this is refused before decoding.
 MAX_IMAGE_PIXELS = 64_000_000

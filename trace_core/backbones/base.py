@@ -44,7 +44,7 @@ class Backbone(ABC):
     emb_token_id: int
     stop_token_ids: frozenset[int]  # end-of-sequence tokens: reasoning that reaches one is cut there
     hidden_size: int
-    precision: str = "fp32"  # "int8": TRACE-mini's output head quantised (`mini.quantise_lm`)
+    precision: str = "fp32"  # "int8": TRACE-mini's LM weights in int8 (`mini.quantise_weights`)
 
     @abstractmethod
     def prefill(self, prompts: list[RenderedPrompt], with_logits: bool = True) -> StepOutput: ...

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..atomic import atomic_directory
 from ..prompts import TRACE_STYLE, PromptStyle
+from ..records import PRECISIONS, precision_revision
 from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
 from .feature_store import FeatureStore
 from .namer import NameHead
@@ -233,7 +234,13 @@ class TraceMini(nn.Module):
 
     def read_names(self, features: torch.Tensor) -> list[str]:
         """What the name head spells for each image [N, vision_dim, C]."""
-        return self.namer.read(features, self.tokenizer, self.word_table())
+        return self.namer.read(features, self.tokenizer, self.name_word_vectors())
+
+    def name_word_vectors(self) -> torch.Tensor:
+        """The word vectors the name head spells with [name_vocab, H] (float32 rows kept aside once the LM's
+        table is int8: `quantise_weights`)."""
+        kept = getattr(self, "name_words", None)
+        return kept if kept is not None else self.namer.words_of(self.word_table())
 
     def merge_lora(self) -> None:
         """Fold LoRA into the frozen weights for inference (W += B A * alpha / r); training stops here."""
@@ -280,9 +287,9 @@ class TraceMini(nn.Module):
         tokens.append(self.projector(cells) + self.image_pos)
         if self.config.name_slots:
             # The name as soft words: each slot a probability-weighted mix of the word pieces it may spell.
-            table = self.word_table()
-            probs = self.namer(features, table).softmax(-1)  # [N, slots, vocab]
-            tokens.append((probs @ table[self.namer.vocab.clamp(min=0)]).to(tokens[0].dtype))
+            words = self.name_word_vectors()
+            probs = self.namer(features, words).softmax(-1)  # [N, slots, vocab]
+            tokens.append((probs @ words).to(tokens[0].dtype))
         return torch.cat(tokens, dim=1)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
@@ -359,9 +366,6 @@ class TraceMini(nn.Module):
         return embeds, mask, positions
 
 
-PRECISIONS = ("fp32", "int8")
-
-
 def cpu_decoding_layout(model: TraceMini) -> None:
     """Lay the merged model out for decoding on a CPU, in place; the numbers stay the same (to float rounding).
 
@@ -372,13 +376,8 @@ def cpu_decoding_layout(model: TraceMini) -> None:
       22-23 GB/s on 576x1536). Memory stays the same.
     Decoding went from 24.7 to 30.8 tokens/s on one thread (fp32, batch 1), the same CoTs and embeddings
     (cosine 1.0). The output head, tied to the input embeddings, keeps its layout (a column-major copy would
-    add 113 MB); `--precision int8` replaces it."""
-    from peft.tuners.lora import LoraLayer
-
-    for parent in list(model.lm.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoraLayer) and child.merged:
-                setattr(parent, name, child.get_base_layer())
+    add 113 MB). `--precision int8` (`quantise_weights`) replaces all of them."""
+    unwrap_merged_lora(model)
     with torch.no_grad():
         for module in model.lm.model.modules():
             if isinstance(module, nn.Linear) and module.weight.is_contiguous():
@@ -391,23 +390,28 @@ def cpu_decoding_layout(model: TraceMini) -> None:
                 module.weight = nn.Parameter(same_memory.t(), requires_grad=False)  # [out, in], column-major
 
 
-def quantise_lm(model: TraceMini) -> None:
-    """The LM's output head to int8 weights, one scale per row (per vocabulary entry), in place.
+def unwrap_merged_lora(model: TraceMini) -> None:
+    """Replace the merged LoRA wrappers by their base layers (one Python call less per projection)."""
+    from peft.tuners.lora import LoraLayer
 
-    The head (49,152 x 576, tied to the input embeddings) is a fifth of the LM's weights and most of what a
-    decoding step reads from memory: in float32 it takes 13 ms of a token's ~25 ms here, in int8 1.4 ms
-    (torch's dynamic quantisation, `torch.ao.quantization.quantize_dynamic`; deprecated in favour of torchao,
-    which is not installed). Only logits change (by about 0.04 at most); hidden states, hence the embeddings
-    of a given chain of thought, are untouched, and `<|emb|>`'s own output row stays float32. Quantising the
-    transformer layers as well (dynamic, per tensor or per channel) moved direct embeddings to cosine 0.70-0.76
-    of float32's, so they stay float32."""
-    import warnings
+    for parent in list(model.lm.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer) and child.merged:
+                setattr(parent, name, child.get_base_layer())
 
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the deprecation notice
-        quantize_dynamic(model.lm, {"lm_head": per_channel_dynamic_qconfig}, inplace=True)
+def quantise_weights(model: TraceMini) -> None:
+    """Every weight of the merged LM to int8 (`weight_int8.quantise_llama`), in place: a quarter of float32's
+    bytes to hold and to read per decoded token. The image path, the name head and `<|emb|>`'s own vectors stay
+    float32; the name head's word vectors (the rows of the embedding table it spells with) are kept as float32
+    rows, the full float32 table is dropped."""
+    from .weight_int8 import quantise_llama
+
+    if model.config.name_slots:
+        model.name_words = model.name_word_vectors().detach().clone()
+    unwrap_merged_lora(model)
+    with torch.no_grad():
+        quantise_llama(model.lm)
 
 
 def _make_readable(directory: Path) -> None:
@@ -463,8 +467,9 @@ class MiniBackbone(Backbone):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None,
                         precision: str = "fp32", cpu_layout: bool = True) -> MiniBackbone:
-        """`precision="int8"`: the LM's output head in int8 (`quantise_lm`; CPU only), which makes chain-of-thought
-        decoding faster; embeddings of a given prompt and chain of thought are unchanged.
+        """`precision="int8"`: every weight of the LM in int8 (`quantise_weights`; CPU only): a quarter of the
+        memory, faster decoding and encoding; embeddings move a little (cosine about 0.997 to float32's), so the
+        fingerprint says so (`precision_revision`) and float32 caches are not reused.
         `cpu_layout=False`: keep the weights as loaded (`cpu_decoding_layout`; bench compares the two)."""
         from safetensors.torch import load_file
 
@@ -483,19 +488,18 @@ class MiniBackbone(Backbone):
         model.merge_lora()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)
-        if device == "cpu" and cpu_layout:
-            cpu_decoding_layout(model)
         if precision == "int8":
             if device != "cpu":
-                raise ValueError("precision int8 runs on the CPU only (dynamic quantisation)")
-            quantise_lm(model)
+                raise ValueError("precision int8 runs on the CPU only (torch's int8 CPU kernel)")
+            quantise_weights(model)
+        elif device == "cpu" and cpu_layout:
+            cpu_decoding_layout(model)
         style_file = path / "trace_style.json"
         style = PromptStyle.from_dict(json.loads(style_file.read_text())) if style_file.is_file() else TRACE_STYLE
         from .qwen2vl import weights_fingerprint
 
-        backbone = cls(model, style, path.resolve().name, weights_fingerprint(path))  # name, not path: see qwen2vl
-        # Not in the fingerprint: candidates never touch the output head, so their embeddings (and every cache
-        # keyed by the fingerprint) are the same in both precisions; only the chain of thought may differ.
+        revision = precision_revision(weights_fingerprint(path), precision)
+        backbone = cls(model, style, path.resolve().name, revision)  # name, not path: see qwen2vl
         backbone.precision = precision
         return backbone
 

@@ -57,13 +57,18 @@ class NameHead(nn.Module):
         self.vocab.fill_(-1)
         self.vocab[: len(ids)] = torch.tensor(ids, dtype=torch.long)
 
+    def words_of(self, table: torch.Tensor) -> torch.Tensor:
+        """The rows of a word-embedding table [V, H] that `vocab` spells with [len(vocab), H]."""
+        return table[self.vocab.clamp(min=0)]
+
     def local_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Word-piece ids -> their rows in `vocab`."""
         lookup = {int(v): i for i, v in enumerate(self.vocab.tolist()) if v >= 0}
         return torch.tensor([[lookup[int(t)] for t in row] for row in ids.tolist()], device=ids.device)
 
-    def forward(self, features: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """Features [N, vision_dim, C] and word embeddings [V, H] -> logits over `vocab` [N, slots, len(vocab)]."""
+    def forward(self, features: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """Features [N, vision_dim, C] and the word embeddings of `vocab` [len(vocab), H] (`words_of`) -> logits
+        over `vocab` [N, slots, len(vocab)]."""
         g2 = self.grid**2
         parts = [self.cell(features[..., :g2].transpose(1, 2)).flatten(1), self.glob(features[..., g2])]
         if self.hist is not None:
@@ -72,7 +77,7 @@ class NameHead(nn.Module):
         if self.up is not None:
             slots = self.up(slots)
         slots = nn.functional.normalize(slots, dim=-1)
-        words = nn.functional.normalize(table[self.vocab.clamp(min=0)].to(slots.dtype), dim=-1)
+        words = nn.functional.normalize(words.to(slots.dtype), dim=-1)
         logits = self.scale * slots @ words.T
         return logits.masked_fill(self.vocab < 0, float("-inf"))
 
@@ -97,6 +102,7 @@ class NameHead(nn.Module):
         ids = self.targets(tokenizer, names)
         self.set_vocab(ids.unique().tolist() + [self.end_id(tokenizer)])
         targets = self.local_ids(ids.to(self.vocab.device))
+        words = self.words_of(table)
         features = features.to(self.vocab.device, torch.float32)
         gen = torch.Generator().manual_seed(seed)
         self.requires_grad_(True)
@@ -104,7 +110,7 @@ class NameHead(nn.Module):
         opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
         for step in range(steps):
             rows = torch.randint(0, len(names), (batch_size,), generator=gen)
-            loss = nn.functional.cross_entropy(self(features[rows], table).flatten(0, 1), targets[rows].flatten())
+            loss = nn.functional.cross_entropy(self(features[rows], words).flatten(0, 1), targets[rows].flatten())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -113,14 +119,15 @@ class NameHead(nn.Module):
         self.requires_grad_(False)
         self.eval()
         with torch.no_grad():
-            hits = [(self(features[i : i + 256], table).argmax(-1) == targets[i : i + 256]).all(-1)
+            hits = [(self(features[i : i + 256], words).argmax(-1) == targets[i : i + 256]).all(-1)
                     for i in range(0, len(names), 256)]
         return float(torch.cat(hits).float().mean())
 
     @torch.no_grad()
-    def read(self, features: torch.Tensor, tokenizer, table: torch.Tensor) -> list[str]:
-        """What the head spells for each image [N, vision_dim, C]: its argmax pieces up to the end piece."""
-        ids = self.vocab[self(features.to(self.vocab.device, torch.float32), table).argmax(-1)]
+    def read(self, features: torch.Tensor, tokenizer, words: torch.Tensor) -> list[str]:
+        """What the head spells for each image [N, vision_dim, C] (`words`: as in `forward`): its argmax pieces
+        up to the end piece."""
+        ids = self.vocab[self(features.to(self.vocab.device, torch.float32), words).argmax(-1)]
         end = self.end_id(tokenizer)
         out = []
         for row in ids.tolist():

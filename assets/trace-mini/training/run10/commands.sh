@@ -34,4 +34,8 @@ python -m trace_core.minibeir.report --model assets/trace-mini --data assets/min
     --ablation runs/trace-mini-nogen10 --baseline minilm-bridge --work $W --reuse --out assets/trace-mini
 python -m app.ship
 python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs all --model assets/trace-mini \
-    --precision int8 --out runs/test-int8-10   # -> ../../precision-int8/results.json
+    --precision int8 --out runs/test-int8-10   # the int8 check of that day (output head only)
+# 2026-12-04: every LM weight in int8, the app's new default (../../precision-int8/README.md), and its caches:
+python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs all --model assets/trace-mini \
+    --precision int8 --counterfactual --out runs/test-int8cf   # -> ../../precision-int8/
+python -m app.ship   # builds assets/cache for int8 (the app's default precision)

@@ -1,0 +1,146 @@
+"""Weight-only int8 for a Llama-style language model on a CPU: int8 weights with one scale per output row,
+products in bfloat16, the residual stream in float32.
+
+Decoding one token multiplies every weight matrix by one vector, so its time is the time to read the weights:
+int8 reads a quarter of float32's bytes. torch's `_weight_int8pack_mm` (its CPU kernel for int8 weights with
+bfloat16 activations) streams them without ever building a float copy. For many rows at once (a prefill of
+candidates or prompts), a dequantised bfloat16 copy of the one matrix in use and a bfloat16 GEMM is faster;
+that copy is a temporary, so resident weights stay at one byte each.
+
+Unlike dynamic quantisation (`torch.ao.quantization.quantize_dynamic`), which also rounds every activation to
+8 bits and moved TRACE-mini's embeddings to cosine 0.70-0.76 of float32's, only the weights are rounded
+here (per-row absmax, error <= scale / 2 per weight); a linear layer's input is rounded to bfloat16 (8 bits
+of mantissa, not 8 bits in all), and norms, attention scores and the residual stream stay float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Up to this many rows the int8 kernel is used; above it, a dequantised bfloat16 GEMM (faster for a prefill).
+KERNEL_ROWS = 16
+# The kernel needs the inner dimension in multiples of 32 (torch 2.13 on x86: other widths crash the process);
+# other widths take the dequantised product.
+KERNEL_MULTIPLE = 32
+
+
+def _kernel_fits(rows: int, inner: int) -> bool:
+    return rows <= KERNEL_ROWS and inner % KERNEL_MULTIPLE == 0
+
+
+def quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [out, in] -> int8 [out, in] and a float32 scale per row [out]: w ~= q * scale."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale
+
+
+class Int8Linear(nn.Module):
+    """A bias-free `nn.Linear` with int8 weights and one bfloat16 scale per output. The product runs in
+    bfloat16; its result comes back in the input's dtype (float32 here: the residual stream stays float32)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        q, scale = quantise_rows(weight)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+
+    def dequantised(self) -> torch.Tensor:
+        return self.qweight.to(torch.bfloat16) * self.scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if _kernel_fits(x2.shape[0], self.in_features):
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
+        else:
+            y = nn.functional.linear(x2, self.dequantised())
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+class Int8Embedding(nn.Module):
+    """An `nn.Embedding` with int8 rows and a float32 scale each; a lookup returns float32 vectors.
+
+    Also serves as the tied output head (`head`): logits in float32, from the int8 kernel at one row per
+    decoded token."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        q, scale = quantise_rows(weight)
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.register_buffer("qweight", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("scale_bf16", scale.to(torch.bfloat16))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Float32 rows for token ids (any shape) -> [..., H]."""
+        return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rows(ids)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden [..., H] -> logits [..., V] in float32."""
+        shape = hidden.shape
+        h = hidden.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
+        if _kernel_fits(h.shape[0], self.embedding_dim):
+            y = torch.ops.aten._weight_int8pack_mm(h, self.qweight, self.scale_bf16)
+        else:
+            y = nn.functional.linear(h, self.qweight.to(torch.bfloat16) * self.scale_bf16[:, None])
+        return y.float().view(*shape[:-1], self.num_embeddings)
+
+
+def quantise_llama(lm: nn.Module) -> Int8Embedding:
+    """A transformers causal LM (Llama family, tied or untied head), in place: every linear layer of the
+    decoder to `Int8Linear`, the input embeddings to `Int8Embedding`; norms stay float32 (a few KB).
+    Returns the embedding module; its `head` stands for the output head when the weights are tied (the
+    float32 head is then dropped), else the head is quantised as its own `Int8Embedding`."""
+    decoder = lm.model
+    tied = lm.get_output_embeddings() is not None and (
+        lm.get_output_embeddings().weight.data_ptr() == decoder.embed_tokens.weight.data_ptr())
+    embedding = Int8Embedding(decoder.embed_tokens.weight)
+    head = embedding if tied else Int8Embedding(lm.get_output_embeddings().weight)
+    for parent in list(decoder.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                if child.bias is not None:
+                    raise ValueError(f"{name}: int8 serving expects bias-free linear layers (Llama)")
+                setattr(parent, name, Int8Linear(child.weight))
+    decoder.embed_tokens = embedding
+    lm.lm_head = _Head(head)
+    # What stays float32 (the norms) are views into the storage the weights were loaded in (transformers maps
+    # the whole safetensors file): copies of their own let that mapping go, about 500 MB for SmolLM2.
+    for module in lm.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
+    release_freed_memory()
+    return embedding
+
+
+def release_freed_memory() -> None:
+    """Hand the float32 temporaries of quantising back to the system. glibc keeps freed blocks of a few MB in its
+    heap; measured here, the process held 580-820 MB after loading TRACE-mini in int8 without this, 580 MB with
+    it. A no-op where the C library is not glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Head(nn.Module):
+    """The output head as a module (`lm.lm_head`), reading an `Int8Embedding`'s rows."""
+
+    def __init__(self, table: Int8Embedding):
+        super().__init__()
+        self.table = table
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.table.head(hidden)
