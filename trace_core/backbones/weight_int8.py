@@ -29,12 +29,20 @@ def _kernel_fits(rows: int, inner: int) -> bool:
     return rows <= KERNEL_ROWS and inner % KERNEL_MULTIPLE == 0
 
 
-def quantise_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight [out, in] -> int8 [out, in] and a float32 scale per row [out]: w ~= q * scale."""
-    w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
+def quantise_rows(weight: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [out, in] -> int8 [out, in] and a float32 scale per row [out]: w ~= q * scale.
+
+    `chunk` rows at a time, so that the float temporaries stay small (whole, the 49,152-row embedding table
+    would take three 113 MB ones at the moment the loaded float32 weights are still in memory)."""
+    w = weight.detach()
+    q = torch.empty(w.shape, dtype=torch.int8)
+    scale = torch.empty(w.shape[0], dtype=torch.float32)
+    for start in range(0, w.shape[0], chunk):
+        rows = w[start : start + chunk].float()
+        s = rows.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        q[start : start + chunk] = torch.round(rows / s[:, None]).clamp_(-127, 127).to(torch.int8)
+        scale[start : start + chunk] = s
+    return q, scale
 
 
 class Int8Linear(nn.Module):
