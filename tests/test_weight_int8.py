@@ -148,3 +148,14 @@ def test_the_benchmark_tab_says_when_the_served_precision_is_not_the_reports():
     assert served_precision_note(report, {"revision": "abc123"}) is None  # served as evaluated
     assert served_precision_note(report, {"revision": "other-int8"}) is None  # another model: not this report's
     assert served_precision_note(None, {"revision": "abc123-int8"}) is None
+
+
+def test_the_analysis_tabs_read_the_evaluation_of_the_precision_served(tmp_path):
+    from app.services import default_analysis
+
+    model = tmp_path / "model"
+    (model / "precision-int8").mkdir(parents=True)
+    assert default_analysis(model, "int8") == model / "queries.parquet"  # none of its own: the float32 one
+    (model / "precision-int8" / "queries.parquet").write_bytes(b"")
+    assert default_analysis(model, "int8") == model / "precision-int8" / "queries.parquet"
+    assert default_analysis(model, "fp32") == model / "queries.parquet"
