@@ -474,8 +474,9 @@ def build_map_tab(services: Services, link: MapLink | None = None) -> None:
             return gr.skip(), gr.skip(), gr.skip()
         return highlight(**highlight_), desc, image_in
 
-    go.click(on_place, [task, text, image, mode, k], [emb_map, detail, detail_image], concurrency_limit=1,
-             concurrency_id="model", **{**private, "show_progress_on": detail})
+    # a search (through the micro-batcher when there is one) and numpy: in the searches' queue
+    go.click(on_place, [task, text, image, mode, k], [emb_map, detail, detail_image], **services.search_concurrency,
+             **{**private, "show_progress_on": detail})
 
 
 def register_map_api(services: Services) -> None:
@@ -493,4 +494,4 @@ def register_map_api(services: Services) -> None:
             raise gr.Error(str(exc)) from exc
         return {**highlight_, "description": desc}
 
-    gr.api(api_map_place, api_name="map_place", concurrency_limit=1, concurrency_id="model")
+    gr.api(api_map_place, api_name="map_place", **services.search_concurrency)

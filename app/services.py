@@ -129,8 +129,9 @@ class Services:
 
     @property
     def search_concurrency(self) -> dict:
-        """Gradio concurrency of the search events: with the batcher, up to a batch of them at once (they meet
-        in its queue); without it, one at a time together with every other model call."""
+        """Gradio concurrency of the events whose model work is searches (search, compare, map placement): with
+        the batcher, up to a batch of them at once (they meet in its queue); without it, one at a time together
+        with every other model call."""
         if self.batcher is None:
             return {"concurrency_limit": 1, "concurrency_id": "model"}
         return {"concurrency_limit": self.batcher.max_batch, "concurrency_id": "search"}

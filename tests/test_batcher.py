@@ -187,6 +187,44 @@ def test_the_served_search_api_batches_concurrent_clients(tmp_path):
         demo.close()
 
 
+def test_compare_and_map_placement_wait_in_the_searches_queue_and_share_their_batches(tmp_path):
+    """Their model work is searches through the batcher: concurrent /compare calls run together and their
+    searches meet in one batch (in the one-at-a-time "model" queue they waited behind every other model call)."""
+    from gradio_client import Client
+
+    from app.ui import build_app
+    from tests.app_fixture import build_services
+
+    services = build_services(tmp_path, with_analysis=False)
+    assert services.start_batching(window_s=1.0, max_batch=8)
+    task = next(t for t in services.tasks.values() if t.takes_text and not t.takes_image)
+    texts = [q.text for q in task.queries if q.text][:3]
+    demo = build_app(services)
+    demo.queue(default_concurrency_limit=1)
+    placing = [f for f in demo.fns.values() if f.api_name == "map_place"]
+    assert placing and all(f.concurrency_id == "search" and f.concurrency_limit == 8 for f in placing)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        clients = [Client(url, verbose=False) for _ in texts]
+        out: list = [None] * len(texts)
+        start = threading.Barrier(len(texts))
+
+        def visit(i: int) -> None:
+            start.wait()
+            out[i] = clients[i].predict(texts[i], None, task.name, 3, api_name="/compare")
+
+        threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        assert all(isinstance(o, str) and o for o in out)
+        assert services.batcher.stats.queries == 2 * len(texts)  # each compares: reasoning off, then on
+        assert services.batcher.stats.largest > 1, "Gradio ran the comparisons one at a time"
+    finally:
+        demo.close()
+
+
 def test_a_direct_query_does_not_wait_for_its_batch_s_chains_of_thought(encoder):
     batcher = MicroBatcher(encoder, window_s=0.5)
     q = _queries()
