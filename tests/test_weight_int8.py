@@ -159,3 +159,30 @@ def test_the_analysis_tabs_read_the_evaluation_of_the_precision_served(tmp_path)
     (model / "precision-int8" / "queries.parquet").write_bytes(b"")
     assert default_analysis(model, "int8") == model / "precision-int8" / "queries.parquet"
     assert default_analysis(model, "fp32") == model / "queries.parquet"
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_the_int8_products_hold_on_cpus_without_avx512(capability):
+    """A Space's CPU may lack AVX-512: torch then runs its AVX2 or plain kernels (forced here with
+    ATEN_CPU_CAPABILITY, in a process of its own, since a bad kernel call can crash the process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from trace_core.backbones.weight_int8 import Int8Linear\n"
+        "torch.manual_seed(0)\n"
+        "for o, i in [(576, 576), (192, 576), (576, 1536), (24, 40)]:\n"
+        "    w = torch.randn(o, i); layer = Int8Linear(w)\n"
+        "    for rows in (1, 16, 17):\n"
+        "        x = torch.randn(rows, i); ref = x @ w.T\n"
+        "        assert float((layer(x) - ref).norm() / ref.norm()) < 0.02, (o, i, rows)\n"
+        "print(torch.backends.cpu.get_cpu_capability())\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # `python -c` imports from its cwd
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == capability.upper()
