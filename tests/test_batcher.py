@@ -152,34 +152,47 @@ def test_searches_of_concurrent_visitors_go_through_one_batch_with_the_same_hits
     services.model_lock.release()
 
 
-def test_the_served_search_api_batches_concurrent_clients(tmp_path):
-    """Through Gradio: search events may run together when the batcher is on, and they meet in one batch."""
-    from gradio_client import Client
-
+def _served_with_batching(tmp_path, n: int):
+    """The app on the test fixture with the batcher on (a 1 s window: calls sent together meet), its URL, a text
+    task and n of its query texts."""
     from app.ui import build_app
     from tests.app_fixture import build_services
 
     services = build_services(tmp_path, with_analysis=False)
     assert services.start_batching(window_s=1.0, max_batch=8)
     task = next(t for t in services.tasks.values() if t.takes_text and not t.takes_image)
-    texts = [q.text for q in task.queries if q.text][:4]
     demo = build_app(services)
     demo.queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    return services, demo, url, task, [q.text for q in task.queries if q.text][:n]
+
+
+def _all_at_once(url: str, calls: list, timeout: float = 180) -> list:
+    """Each call(client) from a gradio_client of its own, all released together; their outputs in order."""
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False) for _ in calls]
+    out: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def visit(i: int) -> None:
+        start.wait()
+        out[i] = calls[i](clients[i])
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return out
+
+
+def test_the_served_search_api_batches_concurrent_clients(tmp_path):
+    """Through Gradio: search events may run together when the batcher is on, and they meet in one batch."""
+    services, demo, url, task, texts = _served_with_batching(tmp_path, 4)
     try:
-        clients = [Client(url, verbose=False) for _ in texts]
-        out: list = [None] * len(texts)
-        start = threading.Barrier(len(texts))
-
-        def visit(i: int) -> None:
-            start.wait()
-            out[i] = clients[i].predict(texts[i], None, task.name, "always", 3, api_name="/search")
-
-        threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(texts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        out = _all_at_once(url, [lambda c, t=t: c.predict(t, None, task.name, "always", 3, api_name="/search")
+                                 for t in texts])
         assert all(o is not None and len(o["hits"]) == 3 and o["route"] == "reason" for o in out)
         assert services.batcher.stats.queries == len(texts)
         assert services.batcher.stats.largest > 1, "Gradio ran the searches one at a time"
@@ -190,34 +203,12 @@ def test_the_served_search_api_batches_concurrent_clients(tmp_path):
 def test_compare_and_map_placement_wait_in_the_searches_queue_and_share_their_batches(tmp_path):
     """Their model work is searches through the batcher: concurrent /compare calls run together and their
     searches meet in one batch (in the one-at-a-time "model" queue they waited behind every other model call)."""
-    from gradio_client import Client
-
-    from app.ui import build_app
-    from tests.app_fixture import build_services
-
-    services = build_services(tmp_path, with_analysis=False)
-    assert services.start_batching(window_s=1.0, max_batch=8)
-    task = next(t for t in services.tasks.values() if t.takes_text and not t.takes_image)
-    texts = [q.text for q in task.queries if q.text][:3]
-    demo = build_app(services)
-    demo.queue(default_concurrency_limit=1)
-    placing = [f for f in demo.fns.values() if f.api_name == "map_place"]
-    assert placing and all(f.concurrency_id == "search" and f.concurrency_limit == 8 for f in placing)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    services, demo, url, task, texts = _served_with_batching(tmp_path, 3)
     try:
-        clients = [Client(url, verbose=False) for _ in texts]
-        out: list = [None] * len(texts)
-        start = threading.Barrier(len(texts))
-
-        def visit(i: int) -> None:
-            start.wait()
-            out[i] = clients[i].predict(texts[i], None, task.name, 3, api_name="/compare")
-
-        threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(texts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=180)
+        placing = [f for f in demo.fns.values() if f.api_name == "map_place"]
+        assert placing and all(f.concurrency_id == "search" and f.concurrency_limit == 8 for f in placing)
+        out = _all_at_once(url, [lambda c, t=t: c.predict(t, None, task.name, 3, api_name="/compare")
+                                 for t in texts])
         assert all(isinstance(o, str) and o for o in out)
         assert services.batcher.stats.queries == 2 * len(texts)  # each compares: reasoning off, then on
         assert services.batcher.stats.largest > 1, "Gradio ran the comparisons one at a time"
