@@ -25,8 +25,12 @@ KERNEL_ROWS = 16
 KERNEL_MULTIPLE = 32
 
 
-def _kernel_fits(rows: int, inner: int) -> bool:
-    return rows <= KERNEL_ROWS and inner % KERNEL_MULTIPLE == 0
+def _product(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [rows, in] (bfloat16) times int8 weights [out, in] with their bfloat16 row scales -> [rows, out]
+    bfloat16: the int8 kernel for a few rows, a dequantised bfloat16 GEMM for many (or an odd width)."""
+    if x.shape[0] <= KERNEL_ROWS and qweight.shape[1] % KERNEL_MULTIPLE == 0:
+        return torch.ops.aten._weight_int8pack_mm(x.contiguous(), qweight, scale)
+    return nn.functional.linear(x, qweight.to(torch.bfloat16) * scale[:, None])
 
 
 def quantise_rows(weight: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,13 +64,8 @@ class Int8Linear(nn.Module):
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        if _kernel_fits(x2.shape[0], self.in_features):
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scale)
-        else:
-            y = nn.functional.linear(x2, self.dequantised())
-        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+        y = _product(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), self.qweight, self.scale)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
@@ -95,13 +94,8 @@ class Int8Embedding(nn.Module):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden [..., H] -> logits [..., V] in float32."""
-        shape = hidden.shape
-        h = hidden.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
-        if _kernel_fits(h.shape[0], self.embedding_dim):
-            y = torch.ops.aten._weight_int8pack_mm(h, self.qweight, self.scale_bf16)
-        else:
-            y = nn.functional.linear(h, self.qweight.to(torch.bfloat16) * self.scale_bf16[:, None])
-        return y.float().view(*shape[:-1], self.num_embeddings)
+        y = _product(hidden.reshape(-1, hidden.shape[-1]).to(torch.bfloat16), self.qweight, self.scale_bf16)
+        return y.float().view(*hidden.shape[:-1], self.num_embeddings)
 
 
 def quantise_llama(lm: nn.Module) -> Int8Embedding:
