@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                              "query, with the always-reason counterfactual; slow) and cache it for the analysis tabs")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads while serving (default 1: on a shared 2-vCPU machine, 2 threads decode a "
-                             "chain of thought 3.5x slower beside a busy process and only 9%% faster alone; "
+                             "chain of thought 4.2x slower beside a busy process and only 38%% faster alone (int8); "
                              "bench/threads.py). Loading the model and building caches run under it too")
     parser.add_argument("--precision", default=None, choices=("fp32", "int8"),
                         help="TRACE-mini's weights: int8 (the default on a CPU: a quarter of the memory, faster; "

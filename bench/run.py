@@ -81,8 +81,9 @@ def main(argv=None) -> int:
         del encoder
     if "threads" in sections:
         from bench import threads as threads_bench
+        from trace_core.lazy import default_precision
 
-        encoder = load_model(args.model)
+        encoder = load_model(args.model, precision=default_precision(args.model))  # as the app serves it
         results["threads"] = threads_bench.run(encoder, Path(args.data), 16 if args.quick else 32, 3 if args.quick else 5)
         print(table(results["threads"], "== threads: 1 and 2 torch threads, alone and beside a busy process"))
         del encoder
