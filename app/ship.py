@@ -5,9 +5,9 @@
 They are what the first start of `python app.py` would otherwise compute, and none of it depends on the
 machine: every demo pool's candidate index and the embedding map, for the precision the app serves the model
 in (`--precision`; int8 for TRACE-mini on a CPU, whose embeddings differ a little from float32's). Each
-carries the fingerprint of what it came from (an index's manifest names the model's weights, the prompt and the pool's content; the map's file
-name is the fingerprint of the model, the pools' embeddings and the benchmark queries), and the app takes one
-only when it matches: a retrained model or changed data rebuilds them in the local cache, as before.
+carries the fingerprint of what it came from (an index's manifest names the model's weights, the prompt and the
+pool's content; the map's file name is the fingerprint of the model, the pools' embeddings and the benchmark
+queries), and the app takes one only when it matches: a retrained model or changed data rebuilds them in the local cache, as before.
 `tests/test_shipped_caches.py` fails when a shipped cache does not match the shipped model and data.
 
 An index's embeddings are stored as float16 when that leaves the rank of every benchmark query's gold

@@ -13,8 +13,8 @@ bandwidth over the bytes read per token. Measured here, on one thread (the app s
 - ratio = tokens/s / (GB/s / bytes per token), the share of the bound reached.
 Also per precision: the model's weight bytes held (LM, vision encoder, heads), candidates/s (one batched
 forward), single-search latency of a direct-routed and of a reasoning query (encode + exact search in the pool),
-and the held-out recall of the two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench reads their results.json, it
-does not rerun them).
+and the held-out recall of the two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench
+reads their results.json, it does not rerun them).
 """
 
 from __future__ import annotations
@@ -47,40 +47,35 @@ def memory_gbps(gib: float = 1.0, repeats: int = 5) -> float:
     return statistics.median(rates)
 
 
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def bytes_per_token(lm: nn.Module, extra_params: int = 0) -> int:
     """Weight bytes one decode step reads: every linear layer (int8 ones at one byte a weight plus their
     scales), every norm, one row of the input embeddings; `extra_params` float32 values besides."""
     from trace_core.backbones.weight_int8 import Int8Embedding, Int8Linear, _Head
-
-    def nbytes(*tensors) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors)
 
     total = extra_params * 4
     for name, module in lm.named_modules():  # each module once (the tied int8 head's table is the embedding)
         if "lora_" in name:  # merged LoRA adapters (weights as loaded): kept, but a decode step skips them
             continue
         if isinstance(module, Int8Linear):
-            total += nbytes(module.qweight, module.scale)
+            total += nbytes([module.qweight, module.scale])
         elif isinstance(module, _Head):  # the whole int8 table, as the output head
-            total += nbytes(module.table.qweight, module.table.scale_bf16)
+            total += nbytes([module.table.qweight, module.table.scale_bf16])
         elif isinstance(module, Int8Embedding):  # one row, as the input embedding
             total += module.embedding_dim + module.scale.element_size()
         elif isinstance(module, nn.Embedding):
             total += module.weight.shape[1] * module.weight.element_size()
-        elif isinstance(module, nn.Linear):
-            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
-        elif type(module).__module__.startswith("torch.ao.nn.quantized.dynamic"):
-            w = module.weight()  # packed int8 weight: one byte each, plus a float scale per row
-            total += w.numel() + w.shape[0] * 4
-        elif "Norm" in type(module).__name__:
-            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+        elif isinstance(module, nn.Linear) or "Norm" in type(module).__name__:
+            total += nbytes(module.parameters(recurse=False))
     return total
 
 
 def model_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and buffer a model holds (each tensor once)."""
-    seen = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.numel() * t.element_size() for t in seen.values())
+    return nbytes({id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
 
 
 def decode_rate(encoder, query) -> tuple[float, int]:
