@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         services.start_batching(args.batch_window_ms / 1000, args.max_batch)
     demo = build_app(services)
     demo.queue(default_concurrency_limit=1)
+    # SIGTERM (a Space or container stopping, `kill`) ends the app as Ctrl-C does: the server closes and the
+    # process exits normally, so its scratch folder (app.scratch) is removed. Set before the page answers: a
+    # SIGTERM that came between the page answering and this line killed the process outright.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), prevent_thread_lock=True)
     if isinstance(encoder, LazyEncoder):
         encoder.start()  # the page answers already; a search sent meanwhile waits for the model
-    # SIGTERM (a Space or container stopping, `kill`) ends the app as Ctrl-C does: the server closes and the
-    # process exits normally, so its scratch folder (app.scratch) is removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.block_thread()
     return 0
 
