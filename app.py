@@ -101,13 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_app(services)
     demo.queue(default_concurrency_limit=1)
     # SIGTERM (a Space or container stopping, `kill`) ends the app as Ctrl-C does: the server closes and the
-    # process exits normally, so its scratch folder (app.scratch) is removed. Set before the page answers: a
-    # SIGTERM that came between the page answering and this line killed the process outright.
+    # process exits normally, so its scratch folder (app.scratch) is removed. Set before the page answers, and
+    # the interrupt is caught around launch too: block_thread catches it only once launch has returned, and a
+    # signal that came while launch was still finishing (the page answering already) ended the process by SIGINT.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), prevent_thread_lock=True)
-    if isinstance(encoder, LazyEncoder):
-        encoder.start()  # the page answers already; a search sent meanwhile waits for the model
-    demo.block_thread()
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(),
+                    prevent_thread_lock=True)
+        if isinstance(encoder, LazyEncoder):
+            encoder.start()  # the page answers already; a search sent meanwhile waits for the model
+        demo.block_thread()
+    except KeyboardInterrupt:
+        demo.close()
     return 0
 
 
