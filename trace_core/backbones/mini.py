@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -443,9 +445,10 @@ def _to_array(img: Image.Image):
 
 @dataclass
 class MiniState:
-    cache: object  # transformers DynamicCache
-    attention_mask: torch.Tensor  # [B, S]
-    next_pos: torch.Tensor  # [B]
+    cache: object  # transformers DynamicCache (None once the fused decoder holds the state)
+    attention_mask: torch.Tensor | None  # [B, S]
+    next_pos: torch.Tensor | None  # [B]
+    fused: object = None  # fused_decode.FusedState, from the first fused step on
 
 
 class MiniBackbone(Backbone):
@@ -463,14 +466,52 @@ class MiniBackbone(Backbone):
         stops = {self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
         self.stop_token_ids = frozenset(t for t in stops if t is not None)
         self.hidden_size = model.hidden_size
+        self.fused = None  # fused_decode.FusedDecoder, once `use_fused_decoding` has it compiled
+        self.fused_ready = threading.Event()  # set when use_fused_decoding is done (whatever it decided)
+
+    def use_fused_decoding(self, background: bool = False) -> bool:
+        """Decode with `fused_decode` (one compiled call a step, near the memory-bandwidth bound) when the LM is one
+        it computes exactly and numba imports; else keep the transformers step. Whether it will be used.
+
+        The first process compiles the step (10-20 s; later ones read numba's cache). `background`: compile in
+        a thread and switch over when it is done; steps until then go through transformers, and a CoT under way
+        carries on in the fused step with the KV cache transformers built (`step`)."""
+        if os.environ.get("TRACE_FUSED_DECODING", "1") == "0":
+            self.fused_ready.set()
+            return False
+        try:
+            from . import fused_decode
+        except ImportError:  # numba missing: the transformers step
+            self.fused_ready.set()
+            return False
+        if not fused_decode.supports(self.model.lm):
+            self.fused_ready.set()
+            return False
+        decoder = fused_decode.FusedDecoder(self.model.lm, self.model.emb_out, self.model.emb_bias)
+
+        def compile_then_switch():
+            try:
+                decoder.warm_up()
+                self.fused = decoder
+            except Exception as exc:  # noqa: BLE001 - a failed compile leaves the transformers step in place
+                logging.getLogger(__name__).warning("fused decoding off (%s); decoding through transformers", exc)
+            finally:
+                self.fused_ready.set()
+
+        if background:
+            threading.Thread(target=compile_then_switch, name="trace-fused-compile", daemon=True).start()
+        else:
+            compile_then_switch()
+        return True
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None,
-                        precision: str = "fp32", cpu_layout: bool = True) -> MiniBackbone:
+                        precision: str = "fp32", cpu_layout: bool = True, fused: bool = True) -> MiniBackbone:
         """`precision="int8"`: every weight of the LM in int8 (`quantise_weights`; CPU only): a quarter of the
         memory, faster decoding and encoding; embeddings move a little (cosine about 0.997 to float32's), so the
         fingerprint says so (`precision_revision`) and float32 caches are not reused.
-        `cpu_layout=False`: keep the weights as loaded (`cpu_decoding_layout`; bench compares the two)."""
+        `cpu_layout=False`: keep the weights as loaded (`cpu_decoding_layout`; bench compares the two).
+        `fused=False`: decode through transformers, not `fused_decode` (bench and tests compare the two)."""
         from safetensors.torch import load_file
 
         if precision not in PRECISIONS:
@@ -501,6 +542,8 @@ class MiniBackbone(Backbone):
         revision = precision_revision(weights_fingerprint(path), precision)
         backbone = cls(model, style, path.resolve().name, revision)  # name, not path: see qwen2vl
         backbone.precision = precision
+        if device == "cpu" and fused:
+            backbone.use_fused_decoding(background=True)
         return backbone
 
     # ---- the Backbone contract
@@ -521,6 +564,11 @@ class MiniBackbone(Backbone):
     @torch.inference_mode()
     def step(self, state: MiniState, tokens: torch.Tensor) -> StepOutput:
         b = tokens.shape[0]
+        decoder = self.fused  # read once: a background compile may set it meanwhile
+        if decoder is not None:
+            fused = state.fused or decoder.start(state.cache, state.attention_mask, state.next_pos)
+            fused, hidden, logits = decoder.step(fused, self.model.embed_ids(tokens.view(b)))
+            return StepOutput(hidden, logits, MiniState(None, None, None, fused))
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(b, 1)], dim=1)
         embeds = self.model.embed_ids(tokens.view(b, 1).to(mask.device))
         out = self.model.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=state.next_pos.view(b, 1),
@@ -529,6 +577,8 @@ class MiniBackbone(Backbone):
         return StepOutput(last.float(), self.model.logits(last).float(), MiniState(out.cache, mask, state.next_pos + 1))
 
     def select(self, state: MiniState, rows: torch.Tensor) -> MiniState:
+        if state.fused is not None:
+            return MiniState(None, None, None, state.fused.select(rows.cpu().numpy()))
         rows = rows.to(state.attention_mask.device)
         state.cache.batch_select_indices(rows)
         return MiniState(state.cache, state.attention_mask[rows], state.next_pos[rows])

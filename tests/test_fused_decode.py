@@ -1,0 +1,121 @@
+"""trace_core/backbones/fused_decode.py: TRACE-mini's decoding step as one compiled call computes what the
+transformers step computes (float32 and int8 weights), through the encoder's whole loop: left-padded prompts
+of different lengths, rows leaving the batch, a CoT longer than the cache's first room, a switch-over in the
+middle of a CoT; and models it does not compute exactly keep the transformers step."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tiny_mini import build_tiny_mini
+from trace_core.backbones import fused_decode
+from trace_core.backbones.base import RenderedPrompt
+from trace_core.backbones.mini import MiniBackbone
+from trace_core.encoder import EncoderConfig, TraceEncoder
+from trace_core.records import Query
+
+PROMPTS = ["a red fox", "two zebras standing in the long grass near a river at dusk", "emoji of a cat",
+           "which animal has black and white stripes and lives in africa"]
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return build_tiny_mini(tmp_path_factory.mktemp("fused") / "mini", seed=3)
+
+
+def _pair(mini, precision: str) -> tuple[MiniBackbone, MiniBackbone]:
+    """The same checkpoint twice: decoding through transformers, and through the fused step (compiled now)."""
+    plain = MiniBackbone.from_pretrained(mini, precision=precision, fused=False)
+    fused = MiniBackbone.from_pretrained(mini, precision=precision, fused=False)
+    assert fused.use_fused_decoding() and fused.fused is not None
+    return plain, fused
+
+
+def _teacher_forced(backbone: MiniBackbone, steps: list[list[int]], keep_after: dict[int, list[int]]):
+    """Prefill PROMPTS, then feed steps[t] (one token per remaining row); rows are dropped as keep_after says.
+    Returns the (hidden, logits) of every step."""
+    out = backbone.prefill([RenderedPrompt(p, []) for p in PROMPTS])
+    state, seen = out.state, []
+    for t, tokens in enumerate(steps):
+        if t in keep_after:
+            state = backbone.select(state, torch.tensor(keep_after[t]))
+        step = backbone.step(state, torch.tensor(tokens))
+        state = step.state
+        seen.append((step.hidden.clone(), step.logits.clone()))
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_fused_steps_compute_the_transformers_steps(mini, precision):
+    plain, fused = _pair(mini, precision)
+    rng = np.random.default_rng(0)
+    vocab = plain.model.vocab
+    # 4 rows, then rows 0 and 2 leave, then row 1 (of the two left) alone; 80 steps outgrow the first room (64)
+    keep_after = {10: [1, 3], 40: [1]}
+    sizes = [4] * 10 + [2] * 30 + [1] * 40
+    steps = [rng.integers(0, vocab, n).tolist() for n in sizes]
+    steps[5][2] = plain.emb_token_id  # the <|emb|> token's own input vector
+    got, want = _teacher_forced(fused, steps, keep_after), _teacher_forced(plain, steps, keep_after)
+    # float32: sums in another order (measured 3e-7 of the largest value); int8: both round products to bfloat16,
+    # a rounding step apart here and there (measured 2e-5). A sign error in the rotary embedding moves 3e-3.
+    tol = 1e-5 if precision == "fp32" else 1e-3
+    for (h1, l1), (h2, l2) in zip(got, want):
+        assert h1.shape == h2.shape and l1.shape == l2.shape == (h1.shape[0], vocab + 1)
+        assert float((h1 - h2).abs().max()) <= tol * float(h2.abs().max())
+        assert float((l1 - l2).abs().max()) <= tol * float(l2.abs().max())
+
+
+def test_the_encoder_writes_the_same_cots_and_embeddings(mini):
+    plain, fused = _pair(mini, "fp32")
+    config = EncoderConfig(max_cot_tokens=90)  # past the cache's first room: it grows
+    queries = [Query(qid=f"q{i}", text=p, instruction="Find the matching image.") for i, p in enumerate(PROMPTS)]
+    a = TraceEncoder(plain, config).encode_queries(queries, reasoning="always")
+    b = TraceEncoder(fused, config).encode_queries(queries, reasoning="always")
+    assert [r.cot_token_ids for r in a] == [r.cot_token_ids for r in b]
+    assert max(r.cot_tokens for r in a) > 64
+    for x, y in zip(a, b):
+        assert float(np.dot(x.embedding, y.embedding)) > 0.99999
+        assert x.stop_reason == y.stop_reason
+
+
+def test_a_cot_under_way_carries_on_in_the_fused_step(mini):
+    """The background compile switches decoding over between two steps: the transformers cache is taken over."""
+    plain, fused = _pair(mini, "fp32")
+    decoder, fused.fused = fused.fused, None
+    out = fused.prefill([RenderedPrompt(p, []) for p in PROMPTS])
+    first = fused.step(out.state, torch.tensor([5, 6, 7, 8]))  # transformers
+    fused.fused = decoder  # the compile finished
+    second = fused.step(first.state, torch.tensor([9, 10, 11, 12]))
+    assert second.state.fused is not None
+    ref = plain.step(plain.step(plain.prefill([RenderedPrompt(p, []) for p in PROMPTS]).state,
+                                torch.tensor([5, 6, 7, 8])).state, torch.tensor([9, 10, 11, 12]))
+    assert torch.allclose(second.logits, ref.logits, rtol=1e-4, atol=1e-4 * float(ref.logits.abs().max()))
+
+
+def test_loading_compiles_in_the_background_and_switches_on(mini):
+    backbone = MiniBackbone.from_pretrained(mini)
+    assert backbone.fused_ready.wait(120)
+    assert backbone.fused is not None
+
+
+def test_models_it_does_not_compute_exactly_keep_the_transformers_step(tmp_path, monkeypatch):
+    directory = build_tiny_mini(tmp_path / "biased", seed=1)
+    config = json.loads((directory / "lm" / "config.json").read_text())
+    config["attention_bias"] = True  # biases the fused step has no room for
+    (directory / "lm" / "config.json").write_text(json.dumps(config))
+    backbone = MiniBackbone.from_pretrained(directory, fused=False)
+    assert not fused_decode.supports(backbone.model.lm)
+    assert backbone.use_fused_decoding() is False and backbone.fused is None and backbone.fused_ready.is_set()
+    result = TraceEncoder(backbone, EncoderConfig(max_cot_tokens=8)).encode_queries(
+        [Query(qid="q", text="a cat", instruction="Find it.")], reasoning="always")[0]
+    assert result.cot_tokens > 0  # still decodes, through transformers
+
+
+def test_the_switch_can_be_turned_off(mini, monkeypatch):
+    monkeypatch.setenv("TRACE_FUSED_DECODING", "0")
+    backbone = MiniBackbone.from_pretrained(mini)
+    assert backbone.fused_ready.is_set() and backbone.fused is None

@@ -1,0 +1,371 @@
+"""One decoding step of a Llama-family LM in one compiled call, for the CPU: TRACE-mini's chain-of-thought
+decoding near the machine's memory-bandwidth bound.
+
+Decoding one token reads every weight once and does little else, so its speed limit is the memory bandwidth.
+Through transformers a step of SmolLM2-135M is about 30 layers x 20 torch operators, each a Python call with
+its dispatch and its allocation, and torch's matrix-vector kernels stream 6-14 GB/s on one thread here
+(`scripts/gemv_probe.py`) against 29-33 GB/s for a plain read. This module runs the whole step (every layer's
+norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the output head) as
+one numba function with loops written for streaming: each weight matrix is read once per step whatever the
+batch size, from its own memory (the torch modules' weights, no copy).
+
+The numbers are those of the torch step up to float rounding (the order of the sums differs):
+- float32 weights: float32 products, as `nn.Linear`;
+- int8 weights (`weight_int8`): the products of torch's int8 kernel, emulated: the input rounded to bfloat16,
+  float32 sums of int8 x bfloat16, times the row's bfloat16 scale, the output rounded to bfloat16.
+Norms, rotary embedding, attention and the residual stream are float32, as in transformers.
+
+The prefill stays in torch (transformers): its KV cache is copied into this module's cache at the first step.
+`supports(lm)` says whether a model is one this step computes exactly (Llama, no biases, SiLU, default rotary
+embedding, no sliding window); `MiniBackbone` falls back to the torch step otherwise, and when numba is absent.
+The first call compiles the kernels (about 10-20 s), cached on disk by numba for later processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+import torch
+from numba.typed import List
+
+_FLAGS = dict(fastmath=True, cache=True, nogil=True)
+
+
+@nb.njit(**_FLAGS)
+def _round_bf16(v):
+    """float32 values rounded to bfloat16 (nearest even), in place; v: a contiguous float32 array."""
+    u = v.reshape(-1).view(np.uint32)
+    for k in range(u.size):
+        w = u[k]
+        u[k] = (w + np.uint32(0x7FFF) + ((w >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+
+
+@nb.njit(**_FLAGS)
+def _matvec(w, scale, x, y, cols, tmp):
+    """y[b] = scale * (W x[b]) for every row b of x [B, I]; y [B, O].
+
+    `cols=False`: w is [O, I] (row-major, float32 or int8): one dot product per output, the weight row read
+    once for all B rows (converted to float32 once into `tmp` when B > 1). `cols=True`: w is [I, O] (a
+    column-major float32 weight seen transposed): y accumulates x[b, i] * w[i] row by row."""
+    nb_rows = x.shape[0]
+    if cols:
+        n_in, n_out = w.shape
+        for b in range(nb_rows):
+            for o in range(n_out):
+                y[b, o] = 0.0
+        for i in range(n_in):
+            wi = w[i]
+            for b in range(nb_rows):
+                xi = x[b, i]
+                yb = y[b]
+                for o in range(n_out):
+                    yb[o] += xi * wi[o]
+        for b in range(nb_rows):
+            for o in range(n_out):
+                y[b, o] *= scale[o]
+        return
+    n_out, n_in = w.shape
+    if nb_rows == 1:
+        x0 = x[0]
+        for o in range(n_out):
+            wo = w[o]
+            acc = np.float32(0.0)
+            for i in range(n_in):
+                acc += np.float32(wo[i]) * x0[i]
+            y[0, o] = acc * scale[o]
+        return
+    for o in range(n_out):
+        wo = w[o]
+        for i in range(n_in):
+            tmp[i] = np.float32(wo[i])
+        for b in range(nb_rows):
+            xb = x[b]
+            acc = np.float32(0.0)
+            for i in range(n_in):
+                acc += tmp[i] * xb[i]
+            y[b, o] = acc * scale[o]
+
+
+@nb.njit(**_FLAGS)
+def _linear(w, scale, x, y, cols, bf16, xr, tmp):
+    """A bias-free linear layer; with `bf16`, torch's int8 kernel: input and output rounded to bfloat16."""
+    if bf16:
+        xin = xr[: x.size].reshape(x.shape)
+        xin[:] = x
+        _round_bf16(xin)
+        _matvec(w, scale, xin, y, cols, tmp)
+        _round_bf16(y)
+    else:
+        _matvec(w, scale, x, y, cols, tmp)
+
+
+@nb.njit(**_FLAGS)
+def _rms_norm(x, weight, eps, out):
+    for b in range(x.shape[0]):
+        ss = np.float32(0.0)
+        for i in range(x.shape[1]):
+            ss += x[b, i] * x[b, i]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(x.shape[1]) + eps)
+        for i in range(x.shape[1]):
+            out[b, i] = weight[i] * (x[b, i] * inv)
+
+
+@nb.njit(**_FLAGS)
+def _rope(v, n_heads, head_dim, cos, sin):
+    """Rotary embedding in place (transformers' rotate_half layout); v [B, n_heads * head_dim], cos/sin [B, D/2]."""
+    half = head_dim // 2
+    for b in range(v.shape[0]):
+        for h in range(n_heads):
+            base = h * head_dim
+            for j in range(half):
+                a = v[b, base + j]
+                c = v[b, base + half + j]
+                v[b, base + j] = a * cos[b, j] - c * sin[b, j]
+                v[b, base + half + j] = c * cos[b, j] + a * sin[b, j]
+
+
+@nb.njit(**_FLAGS)
+def _step(x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv, head_dim, eps,
+          in_norm, post_norm, final_norm, weights, scales, cols, bf16,
+          head, head_scale, head_bf16, emb_out, emb_bias, hidden_out, logits_out, emb_logit):
+    """Feed one token per row. x [B, H]: the tokens' input vectors (the residual stream, updated in place);
+    row b's cache is kc/vc[:, slots[b]] and its new key and value go to column `col`; mask [slots, T] marks
+    the columns each cache row attends to. weights/scales: per layer, q k v o gate up down. Writes the final
+    hidden states [B, H], the head's logits [B, V] and `<|emb|>`'s logit [B]."""
+    nb_rows, hidden = x.shape
+    n_layers = len(in_norm)
+    inter = weights[4].shape[0] if not cols else weights[4].shape[1]
+    widest = max(hidden, inter, n_heads * head_dim)
+    h = np.empty((nb_rows, hidden), np.float32)
+    q = np.empty((nb_rows, n_heads * head_dim), np.float32)
+    k = np.empty((nb_rows, n_kv * head_dim), np.float32)
+    v = np.empty((nb_rows, n_kv * head_dim), np.float32)
+    att = np.empty((nb_rows, n_heads * head_dim), np.float32)
+    o = np.empty((nb_rows, hidden), np.float32)
+    g = np.empty((nb_rows, inter), np.float32)
+    u = np.empty((nb_rows, inter), np.float32)
+    xr = np.empty(nb_rows * widest, np.float32)
+    tmp = np.empty(widest, np.float32)
+    scores = np.empty(col + 1, np.float32)
+    group = n_heads // n_kv
+    scale = np.float32(1.0 / math.sqrt(head_dim))
+    for b in range(nb_rows):
+        mask[slots[b], col] = True
+    for layer in range(n_layers):
+        base = layer * 7
+        _rms_norm(x, in_norm[layer], eps, h)
+        _linear(weights[base], scales[base], h, q, cols, bf16, xr, tmp)
+        _linear(weights[base + 1], scales[base + 1], h, k, cols, bf16, xr, tmp)
+        _linear(weights[base + 2], scales[base + 2], h, v, cols, bf16, xr, tmp)
+        _rope(q, n_heads, head_dim, cos, sin)
+        _rope(k, n_kv, head_dim, cos, sin)
+        for b in range(nb_rows):
+            s = slots[b]
+            for kv in range(n_kv):
+                for d in range(head_dim):
+                    kc[layer, s, kv, col, d] = k[b, kv * head_dim + d]
+                    vc[layer, s, kv, col, d] = v[b, kv * head_dim + d]
+        for b in range(nb_rows):
+            s = slots[b]
+            for hd in range(n_heads):
+                kv = hd // group
+                qh = q[b, hd * head_dim : (hd + 1) * head_dim]
+                top = np.float32(-np.inf)
+                for c in range(col + 1):
+                    if mask[s, c]:
+                        kr = kc[layer, s, kv, c]
+                        acc = np.float32(0.0)
+                        for d in range(head_dim):
+                            acc += qh[d] * kr[d]
+                        acc *= scale
+                        scores[c] = acc
+                        if acc > top:
+                            top = acc
+                total = np.float32(0.0)
+                for c in range(col + 1):
+                    if mask[s, c]:
+                        e = np.exp(scores[c] - top)
+                        scores[c] = e
+                        total += e
+                out = att[b, hd * head_dim : (hd + 1) * head_dim]
+                for d in range(head_dim):
+                    out[d] = 0.0
+                for c in range(col + 1):
+                    if mask[s, c]:
+                        p = scores[c] / total
+                        vr = vc[layer, s, kv, c]
+                        for d in range(head_dim):
+                            out[d] += p * vr[d]
+        _linear(weights[base + 3], scales[base + 3], att, o, cols, bf16, xr, tmp)
+        for b in range(nb_rows):
+            for i in range(hidden):
+                x[b, i] += o[b, i]
+        _rms_norm(x, post_norm[layer], eps, h)
+        _linear(weights[base + 4], scales[base + 4], h, g, cols, bf16, xr, tmp)
+        _linear(weights[base + 5], scales[base + 5], h, u, cols, bf16, xr, tmp)
+        for b in range(nb_rows):
+            for i in range(inter):
+                gi = g[b, i]
+                g[b, i] = gi / (np.float32(1.0) + np.exp(-gi)) * u[b, i]
+        _linear(weights[base + 6], scales[base + 6], g, o, cols, bf16, xr, tmp)
+        for b in range(nb_rows):
+            for i in range(hidden):
+                x[b, i] += o[b, i]
+    _rms_norm(x, final_norm, eps, hidden_out)
+    _linear(head, head_scale, hidden_out, logits_out, False, head_bf16, xr, tmp)
+    for b in range(nb_rows):
+        acc = np.float32(0.0)
+        for i in range(hidden):
+            acc += hidden_out[b, i] * emb_out[i]
+        emb_logit[b] = acc + emb_bias
+
+
+def supports(lm) -> bool:
+    """Whether `_step` computes this transformers LM exactly: a Llama without biases, SiLU MLP, the default
+    rotary embedding, full attention, weights on the CPU in float32 or `weight_int8`."""
+    from .weight_int8 import Int8Linear, _Head
+
+    config = lm.config
+    rope = getattr(lm.model, "rotary_emb", None)
+    if (config.model_type != "llama" or getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)
+            or config.hidden_act != "silu" or getattr(config, "pretraining_tp", 1) != 1
+            or rope is None or getattr(rope, "rope_type", "default") != "default"
+            or getattr(config, "sliding_window", None)):
+        return False
+    linears = [m for layer in lm.model.layers for m in _projections(layer)]
+    if all(isinstance(m, Int8Linear) for m in linears):
+        return isinstance(lm.get_output_embeddings(), _Head)
+    if all(isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
+           for m in linears):
+        layouts = {_column_major(m.weight) for m in linears}
+        head = lm.get_output_embeddings()
+        return (len(layouts) == 1 and isinstance(head, torch.nn.Linear) and head.bias is None
+                and head.weight.dtype == torch.float32 and head.weight.is_contiguous())
+    return False
+
+
+def _projections(layer) -> list:
+    a, m = layer.self_attn, layer.mlp
+    return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+
+
+def _column_major(w: torch.Tensor) -> bool:
+    return not w.is_contiguous() and w.t().is_contiguous()
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+@dataclass
+class FusedState:
+    """The decoding state of `FusedDecoder`: a KV cache of `capacity` columns for every row the prefill had
+    (`slots[b]` is batch row b's cache row), the columns each row attends to, and where the next token goes."""
+
+    keys: np.ndarray  # [L, N, KV, T, D] float32
+    values: np.ndarray  # [L, N, KV, T, D]
+    mask: np.ndarray  # [N, T] bool
+    slots: np.ndarray  # [B] int64
+    next_pos: np.ndarray  # [B] int64: the next token's position (rotary embedding)
+    col: int  # the cache column the next token is written to
+
+    def select(self, rows: np.ndarray) -> FusedState:
+        return FusedState(self.keys, self.values, self.mask, self.slots[rows], self.next_pos[rows], self.col)
+
+
+class FusedDecoder:
+    """The decoding steps of one LM (`supports(lm)` must hold), reading the LM's own weight memory."""
+
+    def __init__(self, lm, emb_out: torch.Tensor, emb_bias: torch.Tensor):
+        from .weight_int8 import Int8Linear
+
+        config = lm.config
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.eps = np.float32(config.rms_norm_eps)
+        rope = lm.model.rotary_emb
+        self.inv_freq = _numpy(rope.inv_freq.float()).astype(np.float32)
+        self.rope_scaling = np.float32(getattr(rope, "attention_scaling", 1.0))
+        layers = lm.model.layers
+        self.in_norm = List([_numpy(layer.input_layernorm.weight) for layer in layers])
+        self.post_norm = List([_numpy(layer.post_attention_layernorm.weight) for layer in layers])
+        self.final_norm = _numpy(lm.model.norm.weight)
+        linears = [m for layer in layers for m in _projections(layer)]
+        self.bf16 = isinstance(linears[0], Int8Linear)
+        if self.bf16:
+            self.cols = False
+            self.weights = List([_numpy(m.qweight) for m in linears])
+            self.scales = List([_numpy(m.scale.float()) for m in linears])
+            table = lm.get_output_embeddings().table
+            self.head, self.head_scale = _numpy(table.qweight), _numpy(table.scale_bf16.float())
+        else:
+            self.cols = _column_major(linears[0].weight)
+            self.weights = List([_numpy(m.weight.t() if self.cols else m.weight) for m in linears])
+            self.scales = List([np.ones(m.weight.shape[0], np.float32) for m in linears])
+            self.head = _numpy(lm.get_output_embeddings().weight)
+            self.head_scale = np.ones(self.head.shape[0], np.float32)
+        self.emb_out = _numpy(emb_out.float()).astype(np.float32).reshape(-1)
+        self.emb_bias = np.float32(float(emb_bias))
+        self.n_layers = len(layers)
+
+    def start(self, cache, attention_mask: torch.Tensor, next_pos: torch.Tensor, room: int = 64) -> FusedState:
+        """The state after a prefill: its transformers KV cache copied in, with `room` free columns."""
+        prefill = attention_mask.shape[1]
+        n = attention_mask.shape[0]
+        shape = (self.n_layers, n, self.n_kv, prefill + room, self.head_dim)
+        keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        for layer in range(self.n_layers):
+            k, v = _layer_kv(cache, layer)
+            keys[layer, :, :, :prefill] = _numpy(k.float())
+            values[layer, :, :, :prefill] = _numpy(v.float())
+        mask = np.zeros((n, prefill + room), np.bool_)
+        mask[:, :prefill] = _numpy(attention_mask) != 0
+        return FusedState(keys, values, mask, np.arange(n, dtype=np.int64), _numpy(next_pos).astype(np.int64), prefill)
+
+    def warm_up(self) -> None:
+        """Compile the step (or read it from numba's cache): one step of one row on an empty cache."""
+        shape = (self.n_layers, 1, self.n_kv, 2, self.head_dim)
+        mask = np.zeros((1, 2), np.bool_)
+        state = FusedState(np.zeros(shape, np.float32), np.zeros(shape, np.float32), mask, np.zeros(1, np.int64),
+                           np.zeros(1, np.int64), 0)
+        self.step(state, torch.zeros(1, len(self.final_norm)))
+
+    def step(self, state: FusedState, x: torch.Tensor) -> tuple[FusedState, torch.Tensor, torch.Tensor]:
+        """Feed one token per row; x [B, H] their input vectors. -> new state, hidden [B, H], logits [B, V + 1]."""
+        if state.col >= state.mask.shape[1]:
+            state = _grow(state)
+        rows = len(state.slots)
+        angles = state.next_pos[:, None].astype(np.float32) * self.inv_freq[None, :]
+        cos = (np.cos(angles) * self.rope_scaling).astype(np.float32)
+        sin = (np.sin(angles) * self.rope_scaling).astype(np.float32)
+        stream = np.ascontiguousarray(_numpy(x.float()), dtype=np.float32).copy()
+        hidden = np.empty((rows, stream.shape[1]), np.float32)
+        base = np.empty((rows, self.head.shape[0]), np.float32)
+        emb = np.empty(rows, np.float32)
+        _step(stream, state.slots, state.col, state.mask, state.keys, state.values, cos, sin,
+              self.n_heads, self.n_kv, self.head_dim, self.eps, self.in_norm, self.post_norm, self.final_norm,
+              self.weights, self.scales, self.cols, self.bf16, self.head, self.head_scale, self.bf16,
+              self.emb_out, self.emb_bias, hidden, base, emb)
+        logits = np.concatenate([base, emb[:, None]], axis=1)
+        new = FusedState(state.keys, state.values, state.mask, state.slots, state.next_pos + 1, state.col + 1)
+        return new, torch.from_numpy(hidden), torch.from_numpy(logits)
+
+
+def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transformers cache's keys and values of one layer [B, KV, S, D]."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def _grow(state: FusedState) -> FusedState:
+    """The same state with twice the columns (a CoT longer than the room left at the start)."""
+    extra = state.mask.shape[1]
+    pad = [(0, 0)] * 3 + [(0, extra), (0, 0)]
+    return FusedState(np.pad(state.keys, pad), np.pad(state.values, pad), np.pad(state.mask, [(0, 0), (0, extra)]),
+                      state.slots, state.next_pos, state.col)
+
