@@ -76,12 +76,13 @@ def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 
     from app.services import Services
     from app.usecases import make_query
     from trace_core.lazy import default_precision
-    from trace_core.loading import load_model
+    from trace_core.loading import load_model, wait_for_fused_decoding
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         encoder = load_model(model, precision=default_precision(model))  # as the app serves it
+        wait_for_fused_decoding(encoder)
         services = Services.load(model, data, encoder=encoder, embedding_map=False,
                                  shipped=[Path(__file__).resolve().parents[1] / "assets" / "cache"])
         picked = [pool[i * len(pool) // n] for i in range(n)]  # spread over the tasks, as the clients send them

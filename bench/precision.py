@@ -1,6 +1,7 @@
 """Precision: chain-of-thought decoding against the machine's memory-bandwidth bound, fp32 and int8 (every LM
-weight in int8, `trace_core/backbones/weight_int8.py`) side by side, and fp32 with its weights as loaded (without
-`cpu_decoding_layout`: row-major, the merged LoRA wrappers kept).
+weight in int8, `trace_core/backbones/weight_int8.py`) side by side, each decoded as the app does (the fused
+step, `trace_core/backbones/fused_decode.py`) and through transformers' step, and fp32 through transformers
+with its weights as loaded (without `cpu_decoding_layout`: row-major, the merged LoRA wrappers kept).
 
 Decoding one token at batch 1 reads every weight the step uses once, so its speed limit is the machine's memory
 bandwidth over the bytes read per token. Measured here, on one thread (the app serves on one):
@@ -31,7 +32,7 @@ from bench.model import _queries
 from trace_core.backbones.mini import MiniBackbone
 from trace_core.embed_pool import pool_index
 from trace_core.encoder import TraceEncoder
-from trace_core.loading import load_model
+from trace_core.loading import load_model, wait_for_fused_decoding
 from trace_core.mbeir import discover_pairs, load_pair
 from trace_core.records import CotDelta, QueryResult
 
@@ -110,16 +111,22 @@ def recall(results: Path) -> dict | None:
             "per_pair_headline": {p: round(100 * m.get("headline", m["recall@5"]), 1) for p, m in run["pairs"].items()}}
 
 
-ROW_MAJOR = "fp32, weights as loaded"
+TRANSFORMERS = "{}, transformers step"
+ROW_MAJOR = "fp32, transformers step, weights as loaded"
 
 
 def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cache_dir: str) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        encoders = {p: load_model(model, precision=p) for p in ("fp32", "int8")}
+        encoders = {p: load_model(model, precision=p) for p in ("fp32", "int8")}  # as the app decodes
+        for e in encoders.values():
+            wait_for_fused_decoding(e)
+        for p in ("fp32", "int8"):  # the same weights, each step a transformers forward
+            encoders[TRANSFORMERS.format(p)] = TraceEncoder(MiniBackbone.from_pretrained(model, precision=p, fused=False))
         # the same fp32 weights as loaded, without cpu_decoding_layout (row-major, LoRA wrappers kept): its gain
-        encoders[ROW_MAJOR] = TraceEncoder(MiniBackbone.from_pretrained(model, precision="fp32", cpu_layout=False))
+        encoders[ROW_MAJOR] = TraceEncoder(MiniBackbone.from_pretrained(model, precision="fp32", cpu_layout=False,
+                                                                        fused=False))
         gbps = memory_gbps()
         complex_, _ = _queries(root, "emoji_task2", max(repeats, 3), route="reason")
         simple, cands = _queries(root, "emoji_task0", 16)
@@ -152,7 +159,8 @@ def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cach
             bound = gbps * 1e9 / per_token
             rate = statistics.median(rates[p])
             rows.append({
-                "precision": p, "weights_MB": round(model_bytes(e.backbone.model) / 1e6, 1),
+                "precision": p, "fused_step": e.backbone.fused is not None,
+                "weights_MB": round(model_bytes(e.backbone.model) / 1e6, 1),
                 "memory_GBps": round(gbps, 1), "MB_per_token": round(per_token / 1e6, 1),
                 "bound_tokens_per_s": round(bound, 1), "cot_tokens_per_s": round(rate, 1),
                 "ratio_to_bound": round(rate / bound, 3),

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import table  # noqa: E402
 from trace_core import EncoderConfig, load_model  # noqa: E402
 from trace_core.atomic import atomic_file  # noqa: E402
+from trace_core.loading import wait_for_fused_decoding  # noqa: E402
 
 SECTIONS = ("model", "threads", "precision", "search", "serving", "batching", "map_select")
 # --quick without --sections: the sections that fit its 5 minutes; threads, batching and map_select (a minute or
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
 
         n, repeats, bs = (32, 3, 8) if args.quick else (128, 5, 16)
         encoder = load_model(args.model, config=EncoderConfig(query_batch_size=bs, candidate_batch_size=bs))
+        wait_for_fused_decoding(encoder)
         results["model_id"] = encoder.fingerprint["model_id"]
         results["model"] = model_bench.run(encoder, Path(args.data), n, repeats, bs)
         print(table([{"figure": k, "value": v} for k, v in results["model"].items()], "== model"))
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
         from trace_core.lazy import default_precision
 
         encoder = load_model(args.model, precision=default_precision(args.model))  # as the app serves it
+        wait_for_fused_decoding(encoder)
         results["threads"] = threads_bench.run(encoder, Path(args.data), 16 if args.quick else 32, 3 if args.quick else 5)
         print(table(results["threads"], "== threads: 1 and 2 torch threads, alone and beside a busy process"))
         del encoder

@@ -63,7 +63,7 @@ def test_fused_steps_compute_the_transformers_steps(mini, precision):
     # float32: sums in another order (measured 3e-7 of the largest value); int8: both round products to bfloat16,
     # a rounding step apart here and there (measured 2e-5). A sign error in the rotary embedding moves 3e-3.
     tol = 1e-5 if precision == "fp32" else 1e-3
-    for (h1, l1), (h2, l2) in zip(got, want):
+    for (h1, l1), (h2, l2) in zip(got, want, strict=True):
         assert h1.shape == h2.shape and l1.shape == l2.shape == (h1.shape[0], vocab + 1)
         assert float((h1 - h2).abs().max()) <= tol * float(h2.abs().max())
         assert float((l1 - l2).abs().max()) <= tol * float(l2.abs().max())
@@ -77,7 +77,7 @@ def test_the_encoder_writes_the_same_cots_and_embeddings(mini):
     b = TraceEncoder(fused, config).encode_queries(queries, reasoning="always")
     assert [r.cot_token_ids for r in a] == [r.cot_token_ids for r in b]
     assert max(r.cot_tokens for r in a) > 64
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert float(np.dot(x.embedding, y.embedding)) > 0.99999
         assert x.stop_reason == y.stop_reason
 

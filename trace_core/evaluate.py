@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trust-remote-code", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .loading import load_model
+    from .loading import load_model, wait_for_fused_decoding
 
     cfg = EvalConfig(
         reasoning=args.reasoning,
@@ -278,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"--mbeir-dir {root} is not a directory")
         encoder = load_model(args.model, style=args.style, device=args.device,
                              trust_remote_code=args.trust_remote_code, precision=args.precision)
+        wait_for_fused_decoding(encoder)  # one decoding path throughout
         results = evaluate(encoder, root, args.split, args.pairs, Path(args.out), cfg)
     except (ValueError, KeyError, FileNotFoundError, ModelNotFoundError, InputError, CorruptIndexError,
             IndexMismatchError) as exc:

@@ -91,3 +91,15 @@ def load_model(
         raise
     log.info("loaded %s (%s style, dim %d)", name, backbone.style.name, backbone.hidden_size)
     return TraceEncoder(backbone, config)
+
+
+def wait_for_fused_decoding(encoder: Encoder, timeout: float = 600.0) -> bool:
+    """Block until a TRACE-mini backbone's background compile of its fused decoding step is done (see
+    `MiniBackbone.use_fused_decoding`), so that a benchmark or an evaluation decodes one way throughout.
+    Whether the fused step is in use; False at once for other encoders."""
+    backbone = getattr(encoder, "backbone", None)
+    ready = getattr(backbone, "fused_ready", None)
+    if ready is None:
+        return False
+    ready.wait(timeout)
+    return backbone.fused is not None
