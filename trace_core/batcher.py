@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from .backbones.base import RenderedPrompt
+from .backbones.weight_int8 import release_freed_memory
 from .encoder import CotStream
 from .records import (
     CotDelta,
@@ -141,6 +142,8 @@ class MicroBatcher:
             for i, req in enumerate(batch):
                 if i not in ended:
                     req.events.put(_END)
+            if self._pending.empty():  # idle: hand a batch's freed temporaries back (about 4 ms, 90 MB after 16)
+                release_freed_memory()
 
     def _run(self, batch: list[_Request], ended: set[int]) -> None:
         """One batch through the decoding loop. A query's stream ends as soon as its result is out (a direct
