@@ -2,9 +2,11 @@
 decoding near the machine's memory-bandwidth bound.
 
 Decoding one token reads every weight once and does little else, so its speed limit is the memory bandwidth.
-Through transformers a step of SmolLM2-135M is about 30 layers x 20 torch operators, each a Python call with
-its dispatch and its allocation, and torch's matrix-vector kernels stream 6-14 GB/s on one thread here
-(`scripts/gemv_probe.py`) against 29-33 GB/s for a plain read. This module runs the whole step (every layer's
+Through transformers a step of SmolLM2-135M runs each of its 30 layers as a score of torch operators, each a
+Python call with its dispatch and its allocation, and torch's matrix-vector kernels stream 6-14 GB/s on one
+thread here (`scripts/gemv_probe.py`) against 27-33 GB/s for a plain read: 0.31 of the bound in float32, 0.13
+in int8. Fused: 0.77-0.84 and 0.46-0.50 (bench/precision.py; int8's widening of each weight to float32 makes
+it compute-bound on one core, and it is still 2.4x faster than float32). This module runs the whole step (every layer's
 norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the output head) as
 one numba function with loops written for streaming: each weight matrix is read once per step whatever the
 batch size, from its own memory (the torch modules' weights, no copy).
@@ -18,7 +20,7 @@ Norms, rotary embedding, attention and the residual stream are float32, as in tr
 The prefill stays in torch (transformers): its KV cache is copied into this module's cache at the first step.
 `supports(lm)` says whether a model is one this step computes exactly (Llama, no biases, SiLU, default rotary
 embedding, no sliding window); `MiniBackbone` falls back to the torch step otherwise, and when numba is absent.
-The first call compiles the kernels (about 10-20 s), cached on disk by numba for later processes.
+The first call compiles the kernels (about 13 s here), cached on disk by numba for later processes (1 s).
 """
 
 from __future__ import annotations

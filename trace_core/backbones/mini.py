@@ -473,7 +473,7 @@ class MiniBackbone(Backbone):
         """Decode with `fused_decode` (one compiled call a step, near the memory-bandwidth bound) when the LM is one
         it computes exactly and numba imports; else keep the transformers step. Whether it will be used.
 
-        The first process compiles the step (10-20 s; later ones read numba's cache). `background`: compile in
+        The first process compiles the step (about 13 s; later ones read numba's cache, 1 s). `background`: compile in
         a thread and switch over when it is done; steps until then go through transformers, and a CoT under way
         carries on in the fused step with the KV cache transformers built (`step`)."""
         if os.environ.get("TRACE_FUSED_DECODING", "1") == "0":

@@ -39,3 +39,8 @@ python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs a
 python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs all --model assets/trace-mini \
     --precision int8 --counterfactual --out runs/test-int8cf   # -> ../../precision-int8/
 python -m app.ship   # builds assets/cache for int8 (the app's default precision)
+# 2026-12-04, later: the same evaluation decoded with the fused step (trace_core/backbones/fused_decode.py, the
+# app's decoding since then; 6 of 1,175 CoTs differ), and the caches again (the map reads its query embeddings):
+python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs all --model assets/trace-mini \
+    --precision int8 --counterfactual --out runs/test-int8cf-fused   # -> ../../precision-int8/
+python -m app.ship
