@@ -4,12 +4,13 @@ decoding near the machine's memory-bandwidth bound.
 Decoding one token reads every weight once and does little else, so its speed limit is the memory bandwidth.
 Through transformers a step of SmolLM2-135M runs each of its 30 layers as a score of torch operators, each a
 Python call with its dispatch and its allocation, and torch's matrix-vector kernels stream 6-14 GB/s on one
-thread here (`scripts/gemv_probe.py`) against 27-33 GB/s for a plain read: 0.31 of the bound in float32, 0.13
-in int8. Fused: 0.77-0.84 and 0.46-0.50 (bench/precision.py; int8's widening of each weight to float32 makes
-it compute-bound on one core, and it is still 2.4x faster than float32). This module runs the whole step (every layer's
-norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the output head) as
-one numba function with loops written for streaming: each weight matrix is read once per step whatever the
-batch size, from its own memory (the torch modules' weights, no copy).
+thread here (`scripts/gemv_probe.py`) against 27-33 GB/s for a plain read. This module runs the whole step
+(every layer's norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the
+output head) as one numba function with loops written for streaming: each weight matrix is read once per step
+whatever the batch size, from its own memory (the torch modules' weights, no copy). Share of the bandwidth
+bound at batch 1 (bench/precision.py): float32 0.31 through transformers, 0.77-0.84 here; int8 0.13 and
+0.46-0.50 (widening each int8 weight to float32 makes it compute-bound on one core; it is still 2.4x faster
+than float32).
 
 The numbers are those of the torch step up to float rounding (the order of the sums differs):
 - float32 weights: float32 products, as `nn.Linear`;
@@ -264,8 +265,10 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class FusedState:
-    """The decoding state of `FusedDecoder`: a KV cache of `capacity` columns for every row the prefill had
-    (`slots[b]` is batch row b's cache row), the columns each row attends to, and where the next token goes."""
+    """The decoding state of `FusedDecoder`: a KV cache with a row for every query the prefill had (`slots[b]` is
+    batch row b's cache row; rows that left the batch stay, unused), the columns each row attends to, and the
+    column the next token goes to (the same for every row: prompts are left-padded). Each step writes into these
+    arrays in place and returns a state over the same arrays: a state is used once."""
 
     keys: np.ndarray  # [L, N, KV, T, D] float32
     values: np.ndarray  # [L, N, KV, T, D]
