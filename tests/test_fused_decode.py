@@ -6,6 +6,7 @@ middle of a CoT; and models it does not compute exactly keep the transformers st
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -119,3 +120,28 @@ def test_the_switch_can_be_turned_off(mini, monkeypatch):
     monkeypatch.setenv("TRACE_FUSED_DECODING", "0")
     backbone = MiniBackbone.from_pretrained(mini)
     assert backbone.fused_ready.is_set() and backbone.fused is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_other_process_compiles_what_this_one_loads(mini, precision, tmp_path):
+    """The background compile runs in another process (it would hold this one's GIL for some 13 s): what it
+    leaves in numba's cache must be the kernels a real model's decoder takes, so that loading them compiles
+    nothing. Checked in a fresh process with a fresh cache folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+from trace_core.backbones import fused_decode as fd
+from trace_core.backbones.mini import MiniBackbone
+b = MiniBackbone.from_pretrained({str(mini)!r}, precision={precision!r}, fused=False)
+d = fd.FusedDecoder(b.model.lm, b.model.emb_out, b.model.emb_bias)
+assert fd.compile_in_subprocess(d.bf16, d.cols)
+d.warm_up()
+print("hits", sum(fd._step.stats.cache_hits.values()), "misses", sum(fd._step.stats.cache_misses.values()))
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "hits 1 misses 0"

@@ -27,7 +27,11 @@ The first call compiles the kernels (about 13 s here), cached on disk by numba f
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -331,6 +335,34 @@ class FusedDecoder:
         mask[:, :prefill] = _numpy(attention_mask) != 0
         return FusedState(keys, values, mask, np.arange(n, dtype=np.int64), _numpy(next_pos).astype(np.int64), prefill)
 
+    @classmethod
+    def synthetic(cls, int8: bool, cols: bool) -> FusedDecoder:
+        """A decoder of 2 tiny random layers whose arrays have the types of a real one with these weights (int8,
+        or float32 column-major `cols`): compiling its step compiles the real one's (numba's cache is keyed by
+        argument types)."""
+        rng = np.random.default_rng(0)
+        self = cls.__new__(cls)
+        self.n_heads, self.n_kv, self.head_dim, self.n_layers = 2, 1, 4, 2
+        hidden, inter = 8, 16
+        self.eps, self.rope_scaling = np.float32(1e-5), np.float32(1.0)
+        self.inv_freq = np.ones(self.head_dim // 2, np.float32)
+        self.in_norm = List([np.ones(hidden, np.float32) for _ in range(self.n_layers)])
+        self.post_norm = List([np.ones(hidden, np.float32) for _ in range(self.n_layers)])
+        self.final_norm = np.ones(hidden, np.float32)
+        shapes = [(8, 8), (4, 8), (4, 8), (8, 8), (inter, 8), (inter, 8), (8, inter)] * self.n_layers  # [out, in]
+        self.bf16, self.cols = int8, cols and not int8
+        if int8:
+            self.weights = List([rng.integers(-127, 128, s).astype(np.int8) for s in shapes])
+            self.head = rng.integers(-127, 128, (32, hidden)).astype(np.int8)
+        else:
+            self.weights = List([np.ascontiguousarray(rng.standard_normal(s[::-1] if self.cols else s, np.float32))
+                                 for s in shapes])
+            self.head = rng.standard_normal((32, hidden), np.float32)
+        self.scales = List([np.ones(s[0], np.float32) for s in shapes])
+        self.head_scale = np.ones(32, np.float32)
+        self.emb_out, self.emb_bias = np.ones(hidden, np.float32), np.float32(0.0)
+        return self
+
     def warm_up(self) -> None:
         """Compile the step (or read it from numba's cache): one step of one row on an empty cache."""
         shape = (self.n_layers, 1, self.n_kv, 2, self.head_dim)
@@ -374,3 +406,18 @@ def _grow(state: FusedState) -> FusedState:
     return FusedState(np.pad(state.keys, pad), np.pad(state.values, pad), np.pad(state.mask, [(0, 0), (0, extra)]),
                       state.slots, state.next_pos, state.col)
 
+
+def compile_in_subprocess(int8: bool, cols: bool, timeout: float = 600.0) -> bool:
+    """Compile the step for these weight types in another process, which leaves it in numba's on-disk cache for
+    this one to load (about 1 s). Compiling here instead holds this process's GIL for some 13 s, and a search
+    served meanwhile runs 2-4x slower. Whether the other process succeeded (numba cannot always write its cache;
+    `warm_up` then compiles here)."""
+    root = Path(__file__).resolve().parents[2]  # the folder that holds the trace_core package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    code = ("from trace_core.backbones.fused_decode import FusedDecoder\n"
+            f"FusedDecoder.synthetic(int8={bool(int8)}, cols={bool(cols)}).warm_up()\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, timeout=timeout, capture_output=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0

@@ -474,8 +474,9 @@ class MiniBackbone(Backbone):
         it computes exactly and numba imports; else keep the transformers step. Whether it will be used.
 
         The first process compiles the step (about 13 s; later ones read numba's cache, 1 s). `background`: compile in
-        a thread and switch over when it is done; steps until then go through transformers, and a CoT under way
-        carries on in the fused step with the KV cache transformers built (`step`)."""
+        another process (`fused_decode.compile_in_subprocess`, so that searches meanwhile keep this process's GIL),
+        load it here from numba's cache in a thread, and switch over when that is done; steps until then go through
+        transformers, and a CoT under way carries on in the fused step with the KV cache transformers built."""
         if os.environ.get("TRACE_FUSED_DECODING", "1") == "0":
             self.fused_ready.set()
             return False
@@ -491,6 +492,8 @@ class MiniBackbone(Backbone):
 
         def compile_then_switch():
             try:
+                if background:  # compiled in another process, loaded here from numba's cache
+                    fused_decode.compile_in_subprocess(decoder.bf16, decoder.cols)
                 decoder.warm_up()
                 self.fused = decoder
             except Exception as exc:  # noqa: BLE001 - a failed compile leaves the transformers step in place
