@@ -477,15 +477,13 @@ class MiniBackbone(Backbone):
         another process (`fused_decode.compile_in_subprocess`, so that searches meanwhile keep this process's GIL),
         load it here from numba's cache in a thread, and switch over when that is done; steps until then go through
         transformers, and a CoT under way carries on in the fused step with the KV cache transformers built."""
-        if os.environ.get("TRACE_FUSED_DECODING", "1") == "0":
-            self.fused_ready.set()
-            return False
-        try:
-            from . import fused_decode
-        except ImportError:  # numba missing: the transformers step
-            self.fused_ready.set()
-            return False
-        if not fused_decode.supports(self.model.lm):
+        fused_decode = None
+        if os.environ.get("TRACE_FUSED_DECODING", "1") != "0":  # off: numba is not even imported
+            try:
+                from . import fused_decode
+            except ImportError:  # numba missing: the transformers step
+                pass
+        if fused_decode is None or not fused_decode.supports(self.model.lm):
             self.fused_ready.set()
             return False
         decoder = fused_decode.FusedDecoder(self.model.lm, self.model.emb_out, self.model.emb_bias)
