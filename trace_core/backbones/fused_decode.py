@@ -39,6 +39,7 @@ import torch
 from numba.typed import List
 
 _FLAGS = dict(fastmath=True, cache=True, nogil=True)
+_WARM: set[tuple[bool, bool]] = set()  # the weight kinds (int8, cols) whose step this process has compiled or loaded
 
 
 @nb.njit(**_FLAGS)
@@ -370,6 +371,11 @@ class FusedDecoder:
         state = FusedState(np.zeros(shape, np.float32), np.zeros(shape, np.float32), mask, np.zeros(1, np.int64),
                            np.zeros(1, np.int64), 0)
         self.step(state, torch.zeros(1, len(self.final_norm)))
+        _WARM.add((self.bf16, self.cols))
+
+    def is_warm(self) -> bool:
+        """Whether this process already has the step for this decoder's weight kind (nothing to compile)."""
+        return (self.bf16, self.cols) in _WARM
 
     def step(self, state: FusedState, x: torch.Tensor) -> tuple[FusedState, torch.Tensor, torch.Tensor]:
         """Feed one token per row; x [B, H] their input vectors. -> new state, hidden [B, H], logits [B, V + 1]."""

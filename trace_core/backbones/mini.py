@@ -490,7 +490,7 @@ class MiniBackbone(Backbone):
 
         def compile_then_switch():
             try:
-                if background:  # compiled in another process, loaded here from numba's cache
+                if background and not decoder.is_warm():  # compiled in another process, loaded from numba's cache
                     fused_decode.compile_in_subprocess(decoder.bf16, decoder.cols)
                 decoder.warm_up()
                 self.fused = decoder
