@@ -145,3 +145,56 @@ print("hits", sum(fd._step.stats.cache_hits.values()), "misses", sum(fd._step.st
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "hits 1 misses 0"
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the field after the state: the parent's pid
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/stat").is_file(), reason="needs /proc (Linux)")
+def test_the_compile_process_ends_with_the_app(tmp_path):
+    """An app stopped during its first 13 s leaves no compiler running behind it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}  # empty cache: a long compile
+    parent = subprocess.Popen([sys.executable, "-c", "from trace_core.backbones import fused_decode as fd\n"
+                               "fd.compile_in_subprocess(True, False)"], env=env)
+    try:
+        deadline = time.time() + 60
+        while not (kids := _children(parent.pid)):
+            assert time.time() < deadline and parent.poll() is None, "no compile process started"
+            time.sleep(0.1)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while any(_running(k) for k in kids):
+            assert time.time() < deadline, "the compile process outlived its parent"
+            time.sleep(0.2)
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -420,7 +420,11 @@ def compile_in_subprocess(int8: bool, cols: bool, timeout: float = 600.0) -> boo
     `warm_up` then compiles here)."""
     root = Path(__file__).resolve().parents[2]  # the folder that holds the trace_core package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    code = ("from trace_core.backbones.fused_decode import FusedDecoder\n"
+    # The child ends with this process (a stopped app leaves no compiler running): it watches its parent's pid.
+    code = ("import os, threading, time\n"
+            f"def watch():\n    while os.getppid() == {os.getpid()}:\n        time.sleep(0.5)\n    os._exit(1)\n"
+            "threading.Thread(target=watch, daemon=True).start()\n"
+            "from trace_core.backbones.fused_decode import FusedDecoder\n"
             f"FusedDecoder.synthetic(int8={bool(int8)}, cols={bool(cols)}).warm_up()\n")
     try:
         done = subprocess.run([sys.executable, "-c", code], env=env, timeout=timeout, capture_output=True)
