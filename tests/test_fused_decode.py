@@ -103,6 +103,16 @@ def test_loading_compiles_in_the_background_and_switches_on(mini):
     assert backbone.fused is not None
 
 
+def test_benchmarks_and_evaluations_can_wait_for_the_switch(mini, monkeypatch):
+    from trace_core.loading import load_model, wait_for_fused_decoding
+
+    encoder = load_model(str(mini))
+    assert wait_for_fused_decoding(encoder) is True and encoder.backbone.fused is not None
+    monkeypatch.setenv("TRACE_FUSED_DECODING", "0")
+    assert wait_for_fused_decoding(load_model(str(mini))) is False
+    assert wait_for_fused_decoding(object()) is False  # an encoder without a backbone: nothing to wait for
+
+
 def test_models_it_does_not_compute_exactly_keep_the_transformers_step(tmp_path, monkeypatch):
     directory = build_tiny_mini(tmp_path / "biased", seed=1)
     config = json.loads((directory / "lm" / "config.json").read_text())
