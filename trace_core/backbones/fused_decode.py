@@ -298,7 +298,7 @@ class FusedDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.eps = np.float32(config.rms_norm_eps)
         rope = lm.model.rotary_emb
-        self.inv_freq = _numpy(rope.inv_freq.float()).astype(np.float32)
+        self.inv_freq = _numpy(rope.inv_freq.float())
         self.rope_scaling = np.float32(getattr(rope, "attention_scaling", 1.0))
         layers = lm.model.layers
         self.in_norm = List([_numpy(layer.input_layernorm.weight) for layer in layers])
@@ -318,7 +318,7 @@ class FusedDecoder:
             self.scales = List([np.ones(m.weight.shape[0], np.float32) for m in linears])
             self.head = _numpy(lm.get_output_embeddings().weight)
             self.head_scale = np.ones(self.head.shape[0], np.float32)
-        self.emb_out = _numpy(emb_out.float()).astype(np.float32).reshape(-1)
+        self.emb_out = _numpy(emb_out.float()).reshape(-1)
         self.emb_bias = np.float32(float(emb_bias))
         self.n_layers = len(layers)
 
@@ -356,7 +356,7 @@ class FusedDecoder:
             self.weights = List([rng.integers(-127, 128, s).astype(np.int8) for s in shapes])
             self.head = rng.integers(-127, 128, (32, hidden)).astype(np.int8)
         else:
-            self.weights = List([np.ascontiguousarray(rng.standard_normal(s[::-1] if self.cols else s, np.float32))
+            self.weights = List([rng.standard_normal(s[::-1] if self.cols else s, np.float32)
                                  for s in shapes])
             self.head = rng.standard_normal((32, hidden), np.float32)
         self.scales = List([np.ones(s[0], np.float32) for s in shapes])
@@ -385,7 +385,7 @@ class FusedDecoder:
         angles = state.next_pos[:, None].astype(np.float32) * self.inv_freq[None, :]
         cos = (np.cos(angles) * self.rope_scaling).astype(np.float32)
         sin = (np.sin(angles) * self.rope_scaling).astype(np.float32)
-        stream = np.ascontiguousarray(_numpy(x.float()), dtype=np.float32).copy()
+        stream = np.array(_numpy(x.float()), dtype=np.float32, order="C")  # a copy: the step updates it in place
         hidden = np.empty((rows, stream.shape[1]), np.float32)
         base = np.empty((rows, self.head.shape[0]), np.float32)
         emb = np.empty(rows, np.float32)
