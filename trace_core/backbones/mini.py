@@ -491,7 +491,7 @@ class MiniBackbone(Backbone):
         def compile_then_switch():
             try:
                 if background and not decoder.is_warm():  # compiled in another process, loaded from numba's cache
-                    fused_decode.compile_in_subprocess(decoder.bf16, decoder.cols)
+                    fused_decode.compile_in_subprocess(decoder.int8, decoder.cols)
                 decoder.warm_up()
                 self.fused = decoder
             except Exception as exc:  # noqa: BLE001 - a failed compile leaves the transformers step in place
