@@ -44,3 +44,8 @@ python -m app.ship   # builds assets/cache for int8 (the app's default precision
 python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs all --model assets/trace-mini \
     --precision int8 --counterfactual --out runs/test-int8cf-fused   # -> ../../precision-int8/
 python -m app.ship
+# 2026-12-04, evening: the fused step's int8 products became int8 x int16 integer dot products (VNNI); the same
+# evaluation again (9 of 1,175 CoTs differ from the one above, no route), and the caches:
+python -m trace_core.evaluate --mbeir-dir assets/minibeir --split test --pairs all --model assets/trace-mini \
+    --precision int8 --counterfactual --out runs/test-int8cf-vnni   # -> ../../precision-int8/
+python -m app.ship
