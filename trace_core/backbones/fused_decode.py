@@ -25,7 +25,7 @@ Norms, rotary embedding, attention and the residual stream are float32, as in tr
 The prefill stays in torch (transformers): its KV cache is copied into this module's cache at the first step.
 `supports(lm)` says whether a model is one this step computes exactly (Llama, no biases, SiLU, default rotary
 embedding, no sliding window); `MiniBackbone` falls back to the torch step otherwise, and when numba is absent.
-The first call compiles the kernels (about 13 s here), cached on disk by numba for later processes (1 s).
+The first call compiles the kernels (8-13 s here), cached on disk by numba for later processes (1 s).
 """
 
 from __future__ import annotations
