@@ -530,7 +530,7 @@ def _grow(state: FusedState) -> FusedState:
 
 def compile_in_subprocess(int8: bool, cols: bool, timeout: float = 600.0) -> bool:
     """Compile the step for these weight types in another process, which leaves it in numba's on-disk cache for
-    this one to load (about 1 s). Compiling here instead holds this process's GIL for some 13 s, and a search
+    this one to load (about 1 s). Compiling here instead holds this process's GIL for some 8-13 s, and a search
     served meanwhile runs 2-4x slower. Whether the other process succeeded (numba cannot always write its cache;
     `warm_up` then compiles here)."""
     root = Path(__file__).resolve().parents[2]  # the folder that holds the trace_core package

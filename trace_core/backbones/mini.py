@@ -473,7 +473,7 @@ class MiniBackbone(Backbone):
         """Decode with `fused_decode` (one compiled call a step, near the memory-bandwidth bound) when the LM is one
         it computes exactly and numba imports; else keep the transformers step. Whether it will be used.
 
-        The first process compiles the step (about 13 s; later ones read numba's cache, 1 s). `background`: compile in
+        The first process compiles the step (8-13 s; later ones read numba's cache, 1 s). `background`: compile in
         another process (`fused_decode.compile_in_subprocess`, so that searches meanwhile keep this process's GIL),
         load it here from numba's cache in a thread, and switch over when that is done; steps until then go through
         transformers, and a CoT under way carries on in the fused step with the KV cache transformers built."""
