@@ -447,3 +447,19 @@ def test_instructions_for_a_folder_read_its_table_or_fall_back_to_the_shipped_on
     caplog.set_level("WARNING")
     shipped = instructions_for(tmp_path / "without")
     assert shipped.rows() == load_default_instructions().rows() and "shipped with trace_core" in caplog.text
+
+
+def test_absolute_paths_in_either_syntax_are_refused_on_their_face(fx: dict[str, Any], request) -> None:
+    """The check is a string test (a warm start runs it on every image path): absolute in POSIX or Windows
+    syntax (a root, a drive, a UNC share, a device path) is refused before anything on disk is looked at,
+    by `resolve_image` and by `check_images` alike; a colon or backslash later in a relative path is not."""
+    request.getfixturevalue("no_reads")
+    for rel in ["/etc/x.png", "C:/x.png", "c:x.png", "Z:\\x.png", "\\x.png", "\\\\server\\share\\x.png",
+                "//server/share/x.png", "\\\\?\\C:\\x.png"]:
+        with pytest.raises(ImagePathError, match="is absolute"):
+            resolve_image(fx["root"], rel)
+        with pytest.raises(ImagePathError, match="candidate 8:78.*is absolute"):
+            check_images(fx["root"], [], [MBEIRCandidate("8:78", None, rel, "image", None)])
+    for rel in ["mbeir_images/a:b.png", "mbeir_images\\c.png", "1:x.png"]:
+        with pytest.raises(FileNotFoundError):  # relative, only missing
+            resolve_image(fx["root"], rel)
