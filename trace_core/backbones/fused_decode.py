@@ -8,8 +8,8 @@ thread here (`scripts/gemv_probe.py`) against 27-33 GB/s for a plain read. This 
 (every layer's norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the
 output head) as one numba function with loops written for streaming: each weight matrix is read once per step
 whatever the batch size, from its own memory (the torch modules' weights, no copy). Share of the bandwidth
-bound at batch 1 (bench/precision.py): float32 0.31 through transformers, 0.77-0.84 here; int8 0.13 through
-transformers, 0.62-0.68 here (0.46-0.50 while this step widened each int8 weight to float32, which is
+bound at batch 1 (bench/precision.py): float32 0.29-0.31 through transformers, 0.76-0.84 here; int8 0.13
+through transformers, 0.62-0.63 here (0.46-0.50 while this step widened each int8 weight to float32, which is
 compute-bound on one core).
 
 The numbers:
@@ -59,8 +59,8 @@ def _dot_groups(typingctx, w, xq, xs, n):
     [groups]. In LLVM IR, as x86 integer dot products: each 32 products of int8 x int16 summed pairwise into 16
     int32 lanes (AVX-512 VNNI's vpdpwssd where the CPU has it, vpmaddwd + vpaddd otherwise; LLVM picks), each
     group's lanes converted to float32 and scaled. 32 weights cost two instructions (widen, multiply-add)
-    against six for widening each weight to float32, which makes an int8 step memory-bound rather than
-    compute-bound on one core. The int32 lanes hold at most 4 products of a group (|sum| < 2^25): no overflow."""
+    against six for widening each weight to float32: a step's products stream 22-26 GB/s on one core here
+    instead of 12-14. The int32 lanes hold at most 4 products of a group (|sum| < 2^25): no overflow."""
     sig = types.float32(w, xq, xs, types.intp)
 
     def codegen(context, builder, signature, args):
