@@ -152,12 +152,13 @@ def _matvec_int8(w, scale, xq, xs, y):
 
 
 @nb.njit(**_FLAGS)
-def _matvec(w, scale, x, y, cols, tmp):
-    """y[b] = scale * (W x[b]) for every row b of x [B, I]; y [B, O].
+def _matvec(w, scale, x, y, cols):
+    """y[b] = scale * (W x[b]) for every row b of x [B, I]; y [B, O]; float32 weights (int8 ones take
+    `_matvec_int8`).
 
-    `cols=False`: w is [O, I] (row-major, float32 or int8): one dot product per output, the weight row read
-    once for all B rows (converted to float32 once into `tmp` when B > 1). `cols=True`: w is [I, O] (a
-    column-major float32 weight seen transposed): y accumulates x[b, i] * w[i] row by row."""
+    `cols=False`: w is [O, I] (row-major): one dot product per output, the weight row read from memory once for
+    all B rows. `cols=True`: w is [I, O] (a column-major weight seen transposed): y accumulates x[b, i] * w[i]
+    row by row."""
     nb_rows = x.shape[0]
     if cols:
         n_in, n_out = w.shape
@@ -176,24 +177,13 @@ def _matvec(w, scale, x, y, cols, tmp):
                 y[b, o] *= scale[o]
         return
     n_out, n_in = w.shape
-    if nb_rows == 1:
-        x0 = x[0]
-        for o in range(n_out):
-            wo = w[o]
-            acc = np.float32(0.0)
-            for i in range(n_in):
-                acc += np.float32(wo[i]) * x0[i]
-            y[0, o] = acc * scale[o]
-        return
     for o in range(n_out):
         wo = w[o]
-        for i in range(n_in):
-            tmp[i] = np.float32(wo[i])
         for b in range(nb_rows):
             xb = x[b]
             acc = np.float32(0.0)
             for i in range(n_in):
-                acc += tmp[i] * xb[i]
+                acc += wo[i] * xb[i]
             y[b, o] = acc * scale[o]
 
 
@@ -211,12 +201,12 @@ def _input(x, int8, xq, xs):
 
 
 @nb.njit(**_FLAGS)
-def _linear(w, scale, x, q, s, y, cols, int8, tmp):
+def _linear(w, scale, x, q, s, y, cols, int8):
     """A bias-free linear layer of the input x; with `int8`, int8 weights times x as `_input` quantised it (q, s)."""
     if int8:
         _matvec_int8(w, scale, q, s, y)
     else:
-        _matvec(w, scale, x, y, cols, tmp)
+        _matvec(w, scale, x, y, cols)
 
 
 @nb.njit(**_FLAGS)
@@ -266,7 +256,6 @@ def _step(x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv, head_dim, eps,
     u = np.empty((nb_rows, inter), np.float32)
     xq = np.empty(nb_rows * widest, np.int16)
     xs = np.empty(nb_rows * ((widest + GROUP - 1) // GROUP), np.float32)
-    tmp = np.empty(widest, np.float32)
     scores = np.empty(col + 1, np.float32)
     group = n_heads // n_kv
     scale = np.float32(1.0 / math.sqrt(head_dim))
@@ -276,9 +265,9 @@ def _step(x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv, head_dim, eps,
         base = layer * 7
         _rms_norm(x, in_norm[layer], eps, h)
         hq, hs = _input(h, int8, xq, xs)  # quantised once for the three projections
-        _linear(weights[base], scales[base], h, hq, hs, q, cols, int8, tmp)
-        _linear(weights[base + 1], scales[base + 1], h, hq, hs, k, cols, int8, tmp)
-        _linear(weights[base + 2], scales[base + 2], h, hq, hs, v, cols, int8, tmp)
+        _linear(weights[base], scales[base], h, hq, hs, q, cols, int8)
+        _linear(weights[base + 1], scales[base + 1], h, hq, hs, k, cols, int8)
+        _linear(weights[base + 2], scales[base + 2], h, hq, hs, v, cols, int8)
         _rope(q, n_heads, head_dim, cos, sin)
         _rope(k, n_kv, head_dim, cos, sin)
         for b in range(nb_rows):
@@ -319,26 +308,26 @@ def _step(x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv, head_dim, eps,
                         for d in range(head_dim):
                             out[d] += p * vr[d]
         aq, as_ = _input(att, int8, xq, xs)
-        _linear(weights[base + 3], scales[base + 3], att, aq, as_, o, cols, int8, tmp)
+        _linear(weights[base + 3], scales[base + 3], att, aq, as_, o, cols, int8)
         for b in range(nb_rows):
             for i in range(hidden):
                 x[b, i] += o[b, i]
         _rms_norm(x, post_norm[layer], eps, h)
         hq, hs = _input(h, int8, xq, xs)
-        _linear(weights[base + 4], scales[base + 4], h, hq, hs, g, cols, int8, tmp)
-        _linear(weights[base + 5], scales[base + 5], h, hq, hs, u, cols, int8, tmp)
+        _linear(weights[base + 4], scales[base + 4], h, hq, hs, g, cols, int8)
+        _linear(weights[base + 5], scales[base + 5], h, hq, hs, u, cols, int8)
         for b in range(nb_rows):
             for i in range(inter):
                 gi = g[b, i]
                 g[b, i] = gi / (np.float32(1.0) + np.exp(-gi)) * u[b, i]
         gq, gs = _input(g, int8, xq, xs)
-        _linear(weights[base + 6], scales[base + 6], g, gq, gs, o, cols, int8, tmp)
+        _linear(weights[base + 6], scales[base + 6], g, gq, gs, o, cols, int8)
         for b in range(nb_rows):
             for i in range(hidden):
                 x[b, i] += o[b, i]
     _rms_norm(x, final_norm, eps, hidden_out)
     fq, fs = _input(hidden_out, int8, xq, xs)
-    _linear(head, head_scale, hidden_out, fq, fs, logits_out, False, int8, tmp)
+    _linear(head, head_scale, hidden_out, fq, fs, logits_out, False, int8)
     for b in range(nb_rows):
         acc = np.float32(0.0)
         for i in range(hidden):
