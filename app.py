@@ -60,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRACE_CACHE", str(Path(args.cache_dir).parent))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    import torch
+    # torch reads these when it is imported, and each thread keeps the thread count it first runs torch with: set
+    # before anything imports torch (the model's load, a background build). TRACE-mini's page is served before
+    # torch is imported (about 1.3 s of a warm start); `use_torch` imports it and sets the count explicitly.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
-    # Before anything starts a thread that runs torch (the model's load, a background build): each thread keeps
-    # the thread count it first runs with.
-    torch.set_num_threads(args.threads)
+    def use_torch() -> None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     from app.services import ZERO_GPU, Services, default_analysis
     from app.ui import build_app, css
     from trace_core.index import CorruptIndexError, IndexMismatchError
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         # in a thread (trace_core/lazy.py). Another model loads here, before serving, and so does any model on a
         # ZeroGPU Space (whose GPU must see the weights moved to it at start-up).
         lazy = None if ZERO_GPU else LazyEncoder.of(args.model, precision=precision)
+        if lazy is None:
+            use_torch()
         encoder = lazy or load_model(args.model, precision=precision)
         job = None
         if args.build_analysis and not Path(analysis).is_file():
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(),
                     prevent_thread_lock=True)
         if isinstance(encoder, LazyEncoder):
-            encoder.start()  # the page answers already; a search sent meanwhile waits for the model
+            use_torch()  # the page answers already; a search sent meanwhile waits for the model
+            encoder.start()
         demo.block_thread()
     except KeyboardInterrupt:
         demo.close()

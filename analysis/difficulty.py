@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from trace_core.encoder import prefers_direct
+from trace_core.routing import prefers_direct
 
 BANDS = [(1, 1, "rank 1"), (2, 5, "rank 2-5"), (6, 20, "rank 6-20"), (21, 100, "rank 21-100"),
          (101, np.inf, "rank > 100")]

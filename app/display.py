@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from trace_core.encoder import p_emb_with_bias
 from trace_core.records import QueryResult
+from trace_core.routing import p_emb_with_bias
 
 if TYPE_CHECKING:  # usecases imports this module: its records are named here for the type checker only
     from .usecases import CotEdit, Hit

@@ -28,9 +28,9 @@ from analysis.embedding_map import (
 )
 from trace_core.batcher import MicroBatcher
 from trace_core.embed_pool import encode_in_chunks, pool_index
-from trace_core.encoder import Encoder
 from trace_core.index import CandidateIndex
 from trace_core.instructions import instructions_for
+from trace_core.interface import Encoder
 from trace_core.lazy import LazyEncoder, default_precision
 from trace_core.loading import load_model
 from trace_core.mbeir import (

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from trace_core.encoder import p_emb_with_bias
 from trace_core.explain import PromptStep, Walkthrough, stream_explain
 from trace_core.lazy import LazyEncoder, LoadError, is_trace_encoder
 from trace_core.records import (
@@ -30,6 +29,7 @@ from trace_core.records import (
     check_routing_bias,
     load_image,
 )
+from trace_core.routing import p_emb_with_bias
 
 from .display import candidate_name
 from .services import Services, Task, gpu

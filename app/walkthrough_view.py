@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from trace_core.encoder import p_emb_with_bias
 from trace_core.explain import IMAGE_TOKENS, PromptStep, Walkthrough
 from trace_core.records import CotDelta
+from trace_core.routing import p_emb_with_bias
 
 from .display import hits_table
 from .services import Services, Task

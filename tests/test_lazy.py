@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,49 @@ def test_app_py_serves_first_and_loads_the_model_after(mini, eager, tmp_path, mo
     finally:
         proc.kill()
         proc.wait()
+
+
+PAGE_WITHOUT_TORCH = """
+import sys
+from app.services import Services
+from app.ui import build_app
+from trace_core.lazy import LazyEncoder, default_precision
+mini, root, cache = sys.argv[1:4]
+precision = default_precision(mini)
+lazy = LazyEncoder.of(mini, precision=precision)
+services = Services.load(mini, root, "test", cache, encoder=lazy, embedding_map=False, background=True)
+assert all(t.ready for t in services.tasks.values()), "an index was not found in the cache"
+services.start_batching(0.01, 4)
+build_app(services)
+print(precision, sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_the_page_is_built_without_importing_torch(mini, tmp_path):
+    """What app.py does before its page answers (services from the checkpoint's files and the cached indexes,
+    every tab built) imports no torch: about 1.3 s of a warm start, spent after the page answers instead."""
+    import subprocess
+    import sys
+
+    fx = build_fixture(tmp_path / "mbeir")
+    cache = str(tmp_path / "cache")
+    served = load_model(str(mini), precision=default_precision(mini))
+    Services.load(str(mini), fx["root"], "test", cache, encoder=served, embedding_map=False)  # indexes cached
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", PAGE_WITHOUT_TORCH, str(mini), str(fx["root"]), cache],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    precision, imported = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert imported == "[]"  # not a single torch module
+    assert precision == default_precision(mini)  # decided without torch as torch decides it
+
+
+def test_once_torch_is_imported_cuda_is_asked_of_it(monkeypatch):
+    import torch
+
+    from trace_core import lazy
+
+    assert lazy.cuda_available() == torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, whatever its device files
+    shipped = Path(__file__).resolve().parents[1] / "assets" / "trace-mini"
+    assert lazy.cuda_available() and lazy.default_precision(shipped) == "fp32"

@@ -8,9 +8,23 @@ Public API:
     matrix = encoder.encode_candidates([Candidate(text=...), Candidate(image=...)])
 """
 
-from .encoder import Encoder, EncoderConfig, TraceEncoder, decide_route
-from .loading import ModelNotFoundError, load_model
 from .records import REASONING_MODES, Candidate, CotDelta, FirstStep, InputError, Query, QueryResult
+
+# The encoder and the loader import torch (about 1.3 s): they are imported on first use, so that what needs only
+# the records, M-BEIR I/O or the page (app.py serves its page before torch is imported) does not pay for it.
+_LAZY = {"Encoder": "encoder", "EncoderConfig": "encoder", "TraceEncoder": "encoder", "decide_route": "encoder",
+         "ModelNotFoundError": "loading", "load_model": "loading"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "REASONING_MODES",

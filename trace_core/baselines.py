@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 
 from .backbones.pretrained import IMAGENET_MEAN, IMAGENET_STD, imagenet_class_names, load_vision
-from .encoder import batches
+from .interface import batches
 from .records import (
     Candidate,
     Query,

@@ -24,8 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from .backbones.base import RenderedPrompt
-from .backbones.weight_int8 import release_freed_memory
-from .encoder import CotStream
+from .heap import release_freed_memory
 from .records import (
     CotDelta,
     FirstStep,
@@ -151,6 +150,8 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.queries += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
+        from .encoder import CotStream  # here, not at the top: the page is served before torch is imported
+
         streams = [CotStream(self.encoder.backbone.decode) for _ in batch]
         events = self.encoder._run([r.query for r in batch], [r.reasoning for r in batch],
                                    [r.bias for r in batch], None, [r.no_repeat_ngram for r in batch],

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoder import Encoder
 from .index import (
     CandidateIndex,
     CorruptIndexError,
@@ -37,6 +36,7 @@ from .index import (
     shard_bounds,
     write_shard,
 )
+from .interface import Encoder
 from .mbeir import MBEIRCandidate, MBEIRQuery, read_pool, resolve_image
 from .records import Candidate, Query
 

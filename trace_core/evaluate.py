@@ -27,9 +27,9 @@ import pandas as pd
 
 from .atomic import atomic_file
 from .embed_pool import pool_index, to_query
-from .encoder import Encoder
 from .index import CorruptIndexError, IndexConfig, IndexMismatchError
 from .instructions import Instructions, instructions_for
+from .interface import Encoder
 from .loading import ModelNotFoundError
 from .mbeir import MBEIRPair, candidate_modality_of, check_images, discover_pairs, load_pair
 from .metrics import headline_metric, mean_of_pairs

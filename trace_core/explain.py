@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .encoder import TraceEncoder
 from .records import CotDelta, FirstStep, InputError, Query, QueryResult, ReasoningMode, Route, TokenScore
+
+if TYPE_CHECKING:  # annotations only: the app's page imports this module before torch is imported
+    from .encoder import TraceEncoder
 
 # Token strings that stand for one image token in `Backbone.tokenize` (TRACE-mini, Qwen-VL): display only.
 IMAGE_TOKENS = frozenset({"<image>", "<|image_pad|>"})

@@ -19,13 +19,14 @@ import json
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .encoder import EncoderConfig
+from .interface import EncoderConfig
 from .prompts import TRACE_STYLE, PromptStyle
 from .records import PRECISIONS, precision_revision
 
@@ -61,8 +62,7 @@ def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig(), preci
     """The fingerprint and settings of the TRACE-mini checkpoint at `path` served at `precision`, from its files;
     None when `path` is not a TRACE-mini checkpoint folder or its files cannot be read this way (then load it as
     usual)."""
-    from .backbones.pretrained import SMOLLM2
-    from .backbones.qwen2vl import weights_fingerprint
+    from .backbones.identity import SMOLLM2, weights_fingerprint
 
     path = Path(path).expanduser()
     try:
@@ -89,20 +89,34 @@ def peek(path: str | os.PathLike, config: EncoderConfig = EncoderConfig(), preci
                 str(cfg.get("vision", "")))
 
 
+# Device files without which no GPU is visible to torch on Linux: NVIDIA's driver, ROCm's, WSL's.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_available() -> bool:
+    """`torch.cuda.is_available()`, without importing torch (about 1.3 s) where no GPU can be: on Linux without any
+    GPU device file torch says False, and the app serves its page before torch is imported."""
+    if "torch" not in sys.modules and sys.platform.startswith("linux") and \
+            not any(os.path.exists(f) for f in GPU_DEVICE_FILES):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def default_precision(path: str | os.PathLike) -> str:
     """How the app serves a model when not told: TRACE-mini on a CPU in int8 (its caches are shipped for it),
     anything else (a Qwen-VL checkpoint, a GPU) in fp32."""
-    import torch
-
-    return "int8" if peek(path) is not None and not torch.cuda.is_available() else "fp32"
+    return "int8" if peek(path) is not None and not cuda_available() else "fp32"
 
 
 def is_trace_encoder(encoder) -> bool:
     """Whether `encoder` routes and reasons (a `TraceEncoder`, or a `LazyEncoder`, which loads one), not a
     baseline: what the walkthrough and the batcher need."""
-    from .encoder import TraceEncoder
-
-    return isinstance(encoder, (TraceEncoder, LazyEncoder))
+    if isinstance(encoder, LazyEncoder):
+        return True
+    module = sys.modules.get(f"{__package__}.encoder")  # a TraceEncoder exists only once its module is imported
+    return module is not None and isinstance(encoder, module.TraceEncoder)
 
 
 class LoadError(RuntimeError):
@@ -135,9 +149,7 @@ class LazyEncoder:
         peeked = peek(path, config, precision)
         if peeked is None:
             return None
-        import torch
-
-        if precision not in PRECISIONS or (precision == "int8" and torch.cuda.is_available()):
+        if precision not in PRECISIONS or (precision == "int8" and cuda_available()):
             return None  # load_model refuses these at once, with its message
 
         def load():

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from .encoder import Encoder, EncoderConfig, TraceEncoder
+from .interface import Encoder, EncoderConfig
 from .prompts import STYLES, PromptStyle
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def load_model(
 
     from .backbones.mini import MODEL_TYPE as MINI_TYPE
     from .backbones.qwen2vl import QWEN_VL_TYPES, QwenVLBackbone
+    from .encoder import TraceEncoder  # here: importing torch waits for a model to load
 
     if model_type == MINI_TYPE:
         from .backbones.mini import MiniBackbone

@@ -7,11 +7,14 @@ rule (`prefers_direct`, `p_emb_with_bias`) from the margins it stored. No model 
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .records import FirstStep, ReasoningMode, Route, TokenScore, check_reasoning, check_routing_bias
+
+if TYPE_CHECKING:  # torch is imported where it runs: the app serves its page before torch is imported
+    import torch
 
 
 def prefers_direct(margin, routing_bias):
@@ -57,6 +60,8 @@ def decide_route(
     reasoning mode overrides: "never" (or a style that cannot reason) is direct, "always" reasons. `top` next
     tokens are recorded for display (0 for none).
     """
+    import torch
+
     check_reasoning(reasoning)
     routing_bias = check_routing_bias(routing_bias)
     logits = logits.detach().float().cpu()

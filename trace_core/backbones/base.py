@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import torch
 from PIL import Image
 
 from ..prompts import PromptStyle
+
+if TYPE_CHECKING:  # torch is imported where it runs: the app's page is served before torch is imported
+    import torch
 
 
 @dataclass
@@ -85,6 +87,8 @@ def pool_and_score(hidden: torch.Tensor, targets: list[list[int]] | None, head) 
     to the pre-token for a direct target). `head` maps those states to logits, and the summed CE and the target
     count are returned (0 and 0 without targets, for candidates).
     """
+    import torch
+
     pooled = hidden[:, -1]
     if targets is None:
         return TrainForward(pooled, pooled, pooled.new_zeros(()), 0)

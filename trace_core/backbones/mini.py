@@ -538,7 +538,7 @@ class MiniBackbone(Backbone):
             cpu_decoding_layout(model)
         style_file = path / "trace_style.json"
         style = PromptStyle.from_dict(json.loads(style_file.read_text())) if style_file.is_file() else TRACE_STYLE
-        from .qwen2vl import weights_fingerprint
+        from .identity import weights_fingerprint
 
         revision = precision_revision(weights_fingerprint(path), precision)
         backbone = cls(model, style, path.resolve().name, revision)  # name, not path: see qwen2vl

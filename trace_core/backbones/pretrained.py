@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .identity import SMOLLM2  # noqa: F401 - re-exported
 from .provision import smollm2_dir
 
-SMOLLM2 = "smollm2-135m-instruct"  # MiniConfig.lm naming the packaged SmolLM2-135M-Instruct
 # ImageNet normalisation used when EfficientNet-Lite was trained.
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)

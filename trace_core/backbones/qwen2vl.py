@@ -13,7 +13,6 @@ steps (`select`) without the positions going wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 from ..atomic import atomic_directory
 from ..prompts import PromptStyle, style_for_vocab
 from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
+from .identity import MODEL_FILES, weights_fingerprint  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,6 @@ class QwenState:
     cache: object  # transformers Cache holding keys/values [B, heads, S, d] per layer
     attention_mask: torch.Tensor  # [B, S] 1 for real tokens (prompts are left-padded)
     next_pos: torch.Tensor  # [B] M-RoPE position of the next token of each row
-
-
-# The files that define what a checkpoint computes. Anything else in its folder (an evaluation's results.json,
-# a model card, logs) may change without changing the model, and must not change its revision.
-MODEL_FILES = frozenset({
-    "config.json", "generation_config.json", "trace_style.json", "preprocessor_config.json", "tokenizer.json",
-    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.json",
-    "model.safetensors.index.json",
-})
-
-
-def weights_fingerprint(path: Path) -> str:
-    """A cheap revision id for local weights: hash of the model files' names, sizes and safetensors headers."""
-    h = hashlib.sha256()
-    files = sorted(path.glob("*.safetensors")) + sorted(f for f in path.glob("*.json") if f.name in MODEL_FILES)
-    for f in files:
-        h.update(f.name.encode())
-        h.update(str(f.stat().st_size).encode())
-        if f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                h.update(fh.read(1 << 16))
-    return h.hexdigest()[:16]
 
 
 class QwenVLBackbone(Backbone):

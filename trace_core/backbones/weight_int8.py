@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..heap import release_freed_memory
+
 # Up to this many rows the int8 kernel is used; above it, a dequantised bfloat16 GEMM (faster for a prefill).
 KERNEL_ROWS = 16
 # The kernel needs the inner dimension in multiples of 32 (torch 2.13 on x86: other widths crash the process);
@@ -123,18 +125,6 @@ def quantise_llama(lm: nn.Module) -> Int8Embedding:
             setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
     release_freed_memory()
     return embedding
-
-
-def release_freed_memory() -> None:
-    """Hand the float32 temporaries of quantising back to the system. glibc keeps freed blocks of a few MB in its
-    heap; measured here, the process held 580-820 MB after loading TRACE-mini in int8 without this, 580 MB with
-    it. A no-op where the C library is not glibc."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class _Head(nn.Module):

@@ -278,7 +278,7 @@ def _digest(paths: Sequence[Path]) -> str:
 
 def _model_digest(model: str) -> str:
     """The weights fingerprint of a local checkpoint (the index caches use the same), else its name."""
-    from ..backbones.qwen2vl import weights_fingerprint
+    from ..backbones.identity import weights_fingerprint
 
     path = Path(model)
     return weights_fingerprint(path) if path.is_dir() else model
