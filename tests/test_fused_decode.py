@@ -255,3 +255,24 @@ def test_the_compile_process_ends_with_the_app(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_weights_move_to_one_huge_page_buffer_in_step_order_with_their_values(mini, precision):
+    backbone = MiniBackbone.from_pretrained(mini, precision=precision, fused=False)
+    lm = backbone.model.lm
+    weights = fused_decode.decode_weights(lm)
+    before = [(w.clone(), w.stride(), id(w)) for w in weights]
+    table = lm.get_input_embeddings()
+    moved = fused_decode.move_to_huge_pages(weights)
+    after = fused_decode.decode_weights(lm)
+    for w, (value, stride, ident) in zip(after, before, strict=True):
+        assert id(w) == ident and w.stride() == stride and torch.equal(w, value)  # the modules' own tensors
+    starts = [w.data_ptr() for w in after]
+    assert starts == sorted(starts) and starts[0] % fused_decode.HUGE_PAGE == 0  # one buffer, in step order
+    assert starts[-1] + after[-1].numel() * after[-1].element_size() - starts[0] <= moved
+    # the input embeddings read the moved table too (tied to the head, or the int8 table both share)
+    shared = table.qweight if precision == "int8" else table.weight
+    assert shared.data_ptr() == starts[-1]
+    with pytest.raises(ValueError, match="not dense"):
+        fused_decode.move_to_huge_pages([torch.zeros(4, 6)[:, ::2]])

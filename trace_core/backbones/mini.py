@@ -40,6 +40,7 @@ from PIL import Image
 from torch import nn
 
 from ..atomic import atomic_directory
+from ..heap import release_freed_memory
 from ..prompts import TRACE_STYLE, PromptStyle
 from ..records import PRECISIONS, precision_revision
 from .base import Backbone, RenderedPrompt, StepOutput, TrainForward, pool_and_score
@@ -486,6 +487,9 @@ class MiniBackbone(Backbone):
         if fused_decode is None or not fused_decode.supports(self.model.lm):
             self.fused_ready.set()
             return False
+        # The weights the step streams, in its order, on huge pages (1.2-1.3x faster streaming; same values).
+        fused_decode.move_to_huge_pages(fused_decode.decode_weights(self.model.lm))
+        release_freed_memory()
         decoder = fused_decode.FusedDecoder(self.model.lm, self.model.emb_out, self.model.emb_bias)
 
         def compile_then_switch():
