@@ -8,9 +8,9 @@ thread here (`scripts/gemv_probe.py`) against 27-33 GB/s for a plain read. This 
 (every layer's norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the
 output head) as one numba function with loops written for streaming: each weight matrix is read once per step
 whatever the batch size, from its own memory (the torch modules' weights, no copy). Share of the bandwidth
-bound at batch 1 (bench/precision.py): float32 0.29-0.31 through transformers, 0.76-0.84 here; int8 0.13
-through transformers, 0.62-0.63 here (0.46-0.50 while this step widened each int8 weight to float32, which is
-compute-bound on one core).
+bound at batch 1 (bench/precision.py): float32 0.29-0.35 through transformers, 0.87 here; int8 0.13-0.15
+through transformers, 0.72 here (0.46-0.50 while this step widened each int8 weight to float32, which is
+compute-bound on one core; 0.62-0.63 before its weights moved to huge pages, `move_to_huge_pages`).
 
 The numbers:
 - float32 weights: those of the torch step up to float rounding (float32 products, summed in another order);
@@ -60,8 +60,8 @@ def _dot_groups(typingctx, w, xq, xs, n):
     [groups]. In LLVM IR, as x86 integer dot products: each 32 products of int8 x int16 summed pairwise into 16
     int32 lanes (AVX-512 VNNI's vpdpwssd where the CPU has it, vpmaddwd + vpaddd otherwise; LLVM picks), each
     group's lanes converted to float32 and scaled. 32 weights cost two instructions (widen, multiply-add)
-    against six for widening each weight to float32: a step's products stream 22-26 GB/s on one core here
-    instead of 12-14. The int32 lanes hold at most 4 products of a group (|sum| < 2^25): no overflow."""
+    against six for widening each weight to float32: a step's products stream 28-29 GB/s on one core here (from
+    huge pages) instead of 12-14. The int32 lanes hold at most 4 products of a group (|sum| < 2^25): no overflow."""
     sig = types.float32(w, xq, xs, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -363,7 +363,7 @@ def supports(lm) -> bool:
 HUGE_PAGE = 2 << 20  # bytes of an x86 transparent huge page
 
 
-def _huge_page_buffer(nbytes: int) -> np.ndarray:
+def huge_page_buffer(nbytes: int) -> np.ndarray:
     """A zeroed uint8 buffer of `nbytes`, aligned to a huge page, in an anonymous mapping advised for transparent
     huge pages (where the system has them: Linux with THP "always" or "madvise"; elsewhere plain pages). The
     mapping lives as long as any view of the buffer."""
@@ -391,7 +391,7 @@ def decode_weights(lm) -> list[torch.Tensor]:
 
 def move_to_huge_pages(tensors: list[torch.Tensor]) -> int:
     """Move the data of these tensors, in place and in this order, into one buffer on transparent huge pages
-    (`_huge_page_buffer`); values, shapes and strides stay, so every module holding one of them (a tied embedding
+    (`huge_page_buffer`); values, shapes and strides stay, so every module holding one of them (a tied embedding
     and head alike) reads the new memory. Returns the bytes moved.
 
     A decoding step reads every weight once, in order. On 4 KB pages the CPU's hardware prefetcher stops at every
@@ -403,7 +403,7 @@ def move_to_huge_pages(tensors: list[torch.Tensor]) -> int:
         if t.storage_offset() != 0 or not (t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())):
             raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is not dense")
         sizes.append(-(-t.numel() * t.element_size() // 64) * 64)  # each starts on a cache line
-    buffer = _huge_page_buffer(sum(sizes))
+    buffer = huge_page_buffer(sum(sizes))
     at = 0
     with torch.no_grad():
         for t, size in zip(tensors, sizes, strict=True):
