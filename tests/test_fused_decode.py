@@ -38,7 +38,7 @@ def _pair(mini, precision: str) -> tuple[MiniBackbone, MiniBackbone]:
 
 def _teacher_forced(backbone: MiniBackbone, steps: list[list[int]], keep_after: dict[int, list[int]]):
     """Prefill PROMPTS, then feed steps[t] (one token per remaining row); rows are dropped as keep_after says.
-    Returns the (hidden, logits) of every step."""
+    Returns the (hidden, logits, best) of every step (best: the argmax the step computed, or None)."""
     out = backbone.prefill([RenderedPrompt(p, []) for p in PROMPTS])
     state, seen = out.state, []
     for t, tokens in enumerate(steps):
@@ -46,7 +46,7 @@ def _teacher_forced(backbone: MiniBackbone, steps: list[list[int]], keep_after: 
             state = backbone.select(state, torch.tensor(keep_after[t]))
         step = backbone.step(state, torch.tensor(tokens))
         state = step.state
-        seen.append((step.hidden.clone(), step.logits.clone()))
+        seen.append((step.hidden.clone(), step.logits.clone(), step.best))
     return seen
 
 
@@ -70,8 +70,9 @@ def test_fused_steps_compute_the_transformers_steps(mini):
     plain, fused = _pair(mini, "fp32")
     steps, keep_after = _steps(plain.model.vocab, plain.emb_token_id)
     got, want = _teacher_forced(fused, steps, keep_after), _teacher_forced(plain, steps, keep_after)
-    for (h1, l1), (h2, l2) in zip(got, want, strict=True):
+    for (h1, l1, best), (h2, l2, _) in zip(got, want, strict=True):
         assert h1.shape == h2.shape and l1.shape == l2.shape == (h1.shape[0], plain.model.vocab + 1)
+        assert torch.equal(best, l1.argmax(-1))  # the step's own greedy choice: torch's argmax of its logits
     # sums in another order: measured 3e-7 of the largest value; a sign error in the rotary embedding moves 3e-3
     assert _largest_gap(got, want, 0) <= 1e-5 and _largest_gap(got, want, 1) <= 1e-5
 
@@ -125,6 +126,11 @@ def test_the_encoder_writes_the_same_cots_and_embeddings(mini):
     b = TraceEncoder(fused, config).encode_queries(queries, reasoning="always")
     assert [r.cot_token_ids for r in a] == [r.cot_token_ids for r in b]
     assert max(r.cot_tokens for r in a) > 64
+    # with the repetition guard, the step's argmax gives way where it would repeat an n-gram
+    guarded = [TraceEncoder(bb, config).encode_queries(queries, reasoning="always", no_repeat_ngram=2)
+               for bb in (plain, fused)]
+    assert [r.cot_token_ids for r in guarded[0]] == [r.cot_token_ids for r in guarded[1]]
+    assert [r.cot_token_ids for r in guarded[0]] != [r.cot_token_ids for r in a]  # the guard changed some
     for x, y in zip(a, b, strict=True):
         assert float(np.dot(x.embedding, y.embedding)) > 0.99999
         assert x.stop_reason == y.stop_reason
@@ -192,7 +198,7 @@ def test_the_other_process_compiles_what_this_one_loads(mini, precision, tmp_pat
 from trace_core.backbones import fused_decode as fd
 from trace_core.backbones.mini import MiniBackbone
 b = MiniBackbone.from_pretrained({str(mini)!r}, precision={precision!r}, fused=False)
-d = fd.FusedDecoder(b.model.lm, b.model.emb_out, b.model.emb_bias)
+d = fd.FusedDecoder(b.model.lm, b.model.emb_out, b.model.emb_bias, b.model.emb_in)
 assert fd.compile_in_subprocess(d.int8, d.cols)
 d.warm_up()
 print("hits", sum(fd._step.stats.cache_hits.values()), "misses", sum(fd._step.stats.cache_misses.values()))

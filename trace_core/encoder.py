@@ -65,14 +65,16 @@ def repeated_ngram_tokens(toks: Sequence[int], n: int) -> set[int]:
     return {toks[k + n - 1] for k in range(len(toks) - n + 1) if tuple(toks[k : k + n - 1]) == prefix}
 
 
-def _greedy(logits: torch.Tensor, toks: list[int], no_repeat_ngram: int) -> int:
+def _greedy(logits: torch.Tensor, toks: list[int], no_repeat_ngram: int, best: int | None = None) -> int:
     """The next CoT token: the argmax, except a token that would repeat an n-gram already in the CoT when the
-    repetition guard is on (`<|emb|>` and stop tokens never enter a CoT, so they are never blocked)."""
-    if no_repeat_ngram and len(toks) >= no_repeat_ngram:
-        blocked = repeated_ngram_tokens(toks, no_repeat_ngram)
-        if blocked:
-            logits = logits.clone()
-            logits[torch.tensor(sorted(blocked))] = float("-inf")
+    repetition guard is on (`<|emb|>` and stop tokens never enter a CoT, so they are never blocked). `best`: the
+    argmax, when the backbone's step computed it."""
+    blocked = repeated_ngram_tokens(toks, no_repeat_ngram) if no_repeat_ngram else set()
+    if best is not None and best not in blocked:
+        return best
+    if blocked:
+        logits = logits.clone()
+        logits[torch.tensor(sorted(blocked))] = float("-inf")
     return int(logits.argmax())
 
 
@@ -215,7 +217,7 @@ class TraceEncoder:
         if len(cont) == 0:
             return
         state = out.state if len(cont) == len(queries) else bb.select(out.state, cont)
-        hidden, logits = out.hidden[cont], None
+        hidden, logits, best = out.hidden[cont], None, None
         rows = cont.tolist()
         toks: dict[int, list[int]] = {i: [] for i in rows}
         # Rows whose embedding is the hidden state of one more fed token: capped rows (their last CoT token)
@@ -230,7 +232,8 @@ class TraceEncoder:
                     yield _Event("done", i, result=result(i, hidden[j], toks[i], pending.pop(i)))
                     continue
                 # The first token is the decision's (`<|emb|>` or the CoT's first token); then greedy decoding.
-                nxt = steps[i].first_token if first_step else _greedy(logits[j], toks[i], guards[i])
+                nxt = steps[i].first_token if first_step else \
+                    _greedy(logits[j], toks[i], guards[i], None if best is None else int(best[j]))
                 if nxt == emb:
                     if pool_emb_token:
                         pending[i] = "direct" if first_step else "emb"
@@ -254,7 +257,7 @@ class TraceEncoder:
                 state = bb.select(state, torch.tensor(keep))
             rows = [rows[j] for j in keep]
             step = bb.step(state, torch.tensor(feed))
-            state, hidden, logits = step.state, step.hidden, step.logits
+            state, hidden, logits, best = step.state, step.hidden, step.logits, step.best
 
     @torch.inference_mode()
     def encode_with_cot(

@@ -36,6 +36,7 @@ class StepOutput:
     hidden: torch.Tensor  # [B, H] last-layer hidden state at the newest position
     logits: torch.Tensor | None  # [B, V] next-token logits there (None when not requested)
     state: Any  # backbone-specific decoding state (KV cache, attention mask, positions)
+    best: torch.Tensor | None = None  # [B] each row's argmax over the logits, where the step computed it
 
 
 class Backbone(ABC):

@@ -236,14 +236,26 @@ def _rope(v, n_heads, head_dim, cos, sin):
 
 
 @nb.njit(**_FLAGS)
-def _step(x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv, head_dim, eps,
-          in_norm, post_norm, final_norm, weights, scales, cols, int8,
-          head, head_scale, emb_out, emb_bias, hidden_out, logits_out, emb_logit):
-    """Feed one token per row. x [B, H]: the tokens' input vectors (the residual stream, updated in place);
-    row b's cache is kc/vc[:, slots[b]] and its new key and value go to column `col`; mask [slots, T] marks
-    the columns each cache row attends to. weights/scales: per layer, q k v o gate up down. Writes the final
-    hidden states [B, H], the head's logits [B, V] and `<|emb|>`'s logit [B]."""
+def _step(ids, table, table_scale, emb_in, emb_id, x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv,
+          head_dim, eps, in_norm, post_norm, final_norm, weights, scales, cols, int8,
+          head, head_scale, emb_out, emb_bias, hidden_out, logits_out, emb_logit, best):
+    """Feed one token per row: ids [B]. Their input vectors are looked up here into x [B, H] (the residual
+    stream): row r of `table` times table_scale[r] (int8 rows and their scales, or float32 rows and ones), as the
+    model's embedding computes it, and `emb_in` for `<|emb|>` (id `emb_id`). Row b's cache is kc/vc[:, slots[b]]
+    and its new key and value go to column `col`; mask [slots, T] marks the columns each cache row attends to.
+    weights/scales: per layer, q k v o gate up down. Writes the final hidden states [B, H], the head's logits
+    [B, V], `<|emb|>`'s logit [B] and each row's greedy choice over both [B] (the first of equal maxima, as
+    torch's argmax)."""
     nb_rows, hidden = x.shape
+    last_row = table.shape[0] - 1
+    for b in range(nb_rows):
+        if ids[b] == emb_id:
+            for i in range(hidden):
+                x[b, i] = emb_in[i]
+        else:
+            r = min(ids[b], last_row)
+            for i in range(hidden):
+                x[b, i] = np.float32(table[r, i]) * table_scale[r]
     n_layers = len(in_norm)
     inter = weights[4].shape[0] if not cols else weights[4].shape[1]
     widest = max(hidden, inter, n_heads * head_dim)
@@ -334,12 +346,17 @@ def _step(x, slots, col, mask, kc, vc, cos, sin, n_heads, n_kv, head_dim, eps,
         for i in range(hidden):
             acc += hidden_out[b, i] * emb_out[i]
         emb_logit[b] = acc + emb_bias
+        top, at = logits_out[b, 0], 0
+        for o in range(1, logits_out.shape[1]):
+            if logits_out[b, o] > top:
+                top, at = logits_out[b, o], o
+        best[b] = logits_out.shape[1] if emb_logit[b] > top else at
 
 
 def supports(lm) -> bool:
     """Whether `_step` computes this transformers LM exactly: a Llama without biases, SiLU MLP, the default
     rotary embedding, full attention, weights on the CPU in float32 or `weight_int8`."""
-    from .weight_int8 import Int8Linear, _Head
+    from .weight_int8 import Int8Embedding, Int8Linear, _Head
 
     config = lm.config
     rope = getattr(lm.model, "rotary_emb", None)
@@ -350,13 +367,15 @@ def supports(lm) -> bool:
         return False
     linears = [m for layer in lm.model.layers for m in _projections(layer)]
     if all(isinstance(m, Int8Linear) for m in linears):
-        return isinstance(lm.get_output_embeddings(), _Head)
+        return isinstance(lm.get_output_embeddings(), _Head) and isinstance(lm.get_input_embeddings(), Int8Embedding)
     if all(isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
            for m in linears):
         layouts = {_column_major(m.weight) for m in linears}
-        head = lm.get_output_embeddings()
+        head, table = lm.get_output_embeddings(), lm.get_input_embeddings()
         return (len(layouts) == 1 and isinstance(head, torch.nn.Linear) and head.bias is None
-                and head.weight.dtype == torch.float32 and head.weight.is_contiguous())
+                and head.weight.dtype == torch.float32 and head.weight.is_contiguous()
+                and type(table) is torch.nn.Embedding and table.weight.dtype == torch.float32
+                and table.weight.is_contiguous() and table.max_norm is None)  # padding_idx: gradients only
     return False
 
 
@@ -449,7 +468,9 @@ class FusedState:
 class FusedDecoder:
     """The decoding steps of one LM (`supports(lm)` must hold), reading the LM's own weight memory."""
 
-    def __init__(self, lm, emb_out: torch.Tensor, emb_bias: torch.Tensor):
+    def __init__(self, lm, emb_out: torch.Tensor, emb_bias: torch.Tensor, emb_in: torch.Tensor):
+        """`emb_out`, `emb_bias`: `<|emb|>`'s output row and bias (its logit is the last column); `emb_in`: its input
+        vector (fed for token id V, the first after the LM's vocabulary)."""
         from .weight_int8 import Int8Linear
 
         config = lm.config
@@ -472,12 +493,18 @@ class FusedDecoder:
             self.scales = List([_numpy(m.scale.float()) for m in linears])
             table = lm.get_output_embeddings().table
             self.head, self.head_scale = _numpy(table.qweight), _numpy(table.scale_bf16.float())
+            embedding = lm.get_input_embeddings()
+            self.table, self.table_scale = _numpy(embedding.qweight), _numpy(embedding.scale)
         else:
             self.cols = _column_major(linears[0].weight)
             self.weights = List([_numpy(m.weight.t() if self.cols else m.weight) for m in linears])
             self.scales = List([np.ones(m.weight.shape[0], np.float32) for m in linears])
             self.head = _numpy(lm.get_output_embeddings().weight)
             self.head_scale = np.ones(self.head.shape[0], np.float32)
+            self.table = _numpy(lm.get_input_embeddings().weight)
+            self.table_scale = np.ones(self.table.shape[0], np.float32)  # times 1: the float32 rows as they are
+        self.emb_in = _numpy(emb_in.float()).reshape(-1)
+        self.emb_id = self.table.shape[0]
         self.emb_out = _numpy(emb_out.float()).reshape(-1)
         self.emb_bias = np.float32(float(emb_bias))
         self.n_layers = len(layers)
@@ -519,6 +546,8 @@ class FusedDecoder:
             self.weights = List([rng.standard_normal(s[::-1] if self.cols else s, np.float32)
                                  for s in shapes])
             self.head = rng.standard_normal((32, hidden), np.float32)
+        self.table, self.table_scale = self.head, np.ones(32, np.float32)  # tied, as in SmolLM2
+        self.emb_in, self.emb_id = np.ones(hidden, np.float32), 32
         self.scales = List([np.ones(s[0], np.float32) for s in shapes])
         self.head_scale = np.ones(32, np.float32)
         self.emb_out, self.emb_bias = np.ones(hidden, np.float32), np.float32(0.0)
@@ -530,32 +559,34 @@ class FusedDecoder:
         mask = np.zeros((1, 2), np.bool_)
         state = FusedState(np.zeros(shape, np.float32), np.zeros(shape, np.float32), mask, np.zeros(1, np.int64),
                            np.zeros(1, np.int64), 0)
-        self.step(state, torch.zeros(1, len(self.final_norm)))
+        self.step(state, np.zeros(1, np.int64))
         _WARM.add((self.int8, self.cols))
 
     def is_warm(self) -> bool:
         """Whether this process already has the step for this decoder's weight kind (nothing to compile)."""
         return (self.int8, self.cols) in _WARM
 
-    def step(self, state: FusedState, x: torch.Tensor) -> tuple[FusedState, torch.Tensor, torch.Tensor]:
-        """Feed one token per row; x [B, H] their input vectors. -> new state, hidden [B, H], logits [B, V + 1]."""
+    def step(self, state: FusedState, ids) -> tuple[FusedState, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Feed one token per row: ids [B] (numpy or torch). -> new state, hidden [B, H], logits [B, V + 1] (the
+        last column `<|emb|>`'s) and the greedy choice [B] (each row's argmax over them)."""
         if state.col >= state.mask.shape[1]:
             state = _grow(state)
         rows = len(state.slots)
+        ids = np.ascontiguousarray(ids.numpy() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64).reshape(rows)
         angles = state.next_pos[:, None].astype(np.float32) * self.inv_freq[None, :]
         cos = (np.cos(angles) * self.rope_scaling).astype(np.float32)
         sin = (np.sin(angles) * self.rope_scaling).astype(np.float32)
-        stream = np.array(_numpy(x.float()), dtype=np.float32, order="C")  # a copy: the step updates it in place
-        hidden = np.empty((rows, stream.shape[1]), np.float32)
-        base = np.empty((rows, self.head.shape[0]), np.float32)
-        emb = np.empty(rows, np.float32)
-        _step(stream, state.slots, state.col, state.mask, state.keys, state.values, cos, sin,
-              self.n_heads, self.n_kv, self.head_dim, self.eps, self.in_norm, self.post_norm, self.final_norm,
-              self.weights, self.scales, self.cols, self.int8, self.head, self.head_scale,
-              self.emb_out, self.emb_bias, hidden, base, emb)
-        logits = np.concatenate([base, emb[:, None]], axis=1)
+        width = len(self.final_norm)
+        stream = np.empty((rows, width), np.float32)  # the residual stream, from the looked-up input vectors
+        hidden = np.empty((rows, width), np.float32)
+        logits = np.empty((rows, self.head.shape[0] + 1), np.float32)
+        best = np.empty(rows, np.int64)
+        _step(ids, self.table, self.table_scale, self.emb_in, self.emb_id, stream, state.slots, state.col,
+              state.mask, state.keys, state.values, cos, sin, self.n_heads, self.n_kv, self.head_dim, self.eps,
+              self.in_norm, self.post_norm, self.final_norm, self.weights, self.scales, self.cols, self.int8,
+              self.head, self.head_scale, self.emb_out, self.emb_bias, hidden, logits[:, :-1], logits[:, -1], best)
         new = FusedState(state.keys, state.values, state.mask, state.slots, state.next_pos + 1, state.col + 1)
-        return new, torch.from_numpy(hidden), torch.from_numpy(logits)
+        return new, torch.from_numpy(hidden), torch.from_numpy(logits), torch.from_numpy(best)
 
 
 def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -490,7 +490,7 @@ class MiniBackbone(Backbone):
         # The weights the step streams, in its order, on huge pages (1.2-1.3x faster streaming; same values).
         fused_decode.move_to_huge_pages(fused_decode.decode_weights(self.model.lm))
         release_freed_memory()
-        decoder = fused_decode.FusedDecoder(self.model.lm, self.model.emb_out, self.model.emb_bias)
+        decoder = fused_decode.FusedDecoder(self.model.lm, self.model.emb_out, self.model.emb_bias, self.model.emb_in)
 
         def compile_then_switch():
             try:
@@ -572,8 +572,8 @@ class MiniBackbone(Backbone):
         decoder = self.fused  # read once: a background compile may set it meanwhile
         if decoder is not None:
             fused = state.fused or decoder.start(state.cache, state.attention_mask, state.next_pos)
-            fused, hidden, logits = decoder.step(fused, self.model.embed_ids(tokens.view(b)))
-            return StepOutput(hidden, logits, MiniState(None, None, None, fused))
+            fused, hidden, logits, best = decoder.step(fused, tokens.view(b))  # it looks the input vectors up
+            return StepOutput(hidden, logits, MiniState(None, None, None, fused), best)
         mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(b, 1)], dim=1)
         embeds = self.model.embed_ids(tokens.view(b, 1).to(mask.device))
         out = self.model.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=state.next_pos.view(b, 1),
