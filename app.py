@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.services import ZERO_GPU, Services, default_analysis
     from app.ui import build_app, css
     from trace_core.index import CorruptIndexError, IndexMismatchError
+    from trace_core.interface import SERVING
     from trace_core.lazy import LazyEncoder, default_precision
     from trace_core.loading import ModelNotFoundError, load_model
 
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         # TRACE-mini: the page is built from the checkpoint's files and served first; the weights load after,
         # in a thread (trace_core/lazy.py). Another model loads here, before serving, and so does any model on a
         # ZeroGPU Space (whose GPU must see the weights moved to it at start-up).
-        lazy = None if ZERO_GPU else LazyEncoder.of(args.model, precision=precision)
+        lazy = None if ZERO_GPU else LazyEncoder.of(args.model, precision=precision, config=SERVING)
         if lazy is None:
             use_torch()
-        encoder = lazy or load_model(args.model, precision=precision)
+        encoder = lazy or load_model(args.model, precision=precision, config=SERVING)
         job = None
         if args.build_analysis and not Path(analysis).is_file():
             done = analysis_folder(encoder, args)

@@ -30,7 +30,7 @@ from trace_core.batcher import MicroBatcher
 from trace_core.embed_pool import encode_in_chunks, pool_index
 from trace_core.index import CandidateIndex
 from trace_core.instructions import instructions_for
-from trace_core.interface import Encoder
+from trace_core.interface import SERVING, Encoder
 from trace_core.lazy import LazyEncoder, default_precision
 from trace_core.loading import load_model
 from trace_core.mbeir import (
@@ -167,7 +167,7 @@ class Services:
         `analysis_job(encoder) -> (results.json, queries.parquet)`: an evaluation to run in the background, after
         the indexes and before the map (`app.py --build-analysis`); the analysis tabs fill in when it is done."""
         root = Path(data)
-        encoder = encoder or load_model(model, precision=default_precision(model))  # as app.py serves it
+        encoder = encoder or load_model(model, precision=default_precision(model), config=SERVING)  # as app.py serves it
         instructions = instructions_for(root)
         tasks: dict[str, Task] = {}
         notes: list[str] = []

@@ -75,13 +75,14 @@ def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 
 
     from app.services import Services
     from app.usecases import make_query
+    from trace_core.interface import SERVING
     from trace_core.lazy import default_precision
     from trace_core.loading import load_model, wait_for_fused_decoding
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        encoder = load_model(model, precision=default_precision(model))  # as the app serves it
+        encoder = load_model(model, precision=default_precision(model), config=SERVING)  # as the app serves it
         wait_for_fused_decoding(encoder)
         services = Services.load(model, data, encoder=encoder, embedding_map=False,
                                  shipped=[Path(__file__).resolve().parents[1] / "assets" / "cache"])

@@ -14,8 +14,8 @@ bandwidth over the bytes read per token. Measured here, on one thread (the app s
   reasoning forced, the three alternated, medians;
 - ratio = tokens/s / (GB/s / bytes per token), the share of the bound reached.
 Also per precision: the model's weight bytes held (LM, vision encoder, heads), candidates/s (one batched
-forward), single-search latency of a direct-routed and of a reasoning query (encode + exact search in the pool),
-and the held-out recall of the two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench
+forward), single-search latency of a direct-routed and of a reasoning query (encode + exact search in the pool;
+queries share their prompt's start as the app serves them, `interface.SERVING`), and the held-out recall of the two evaluations (`python -m trace_core.evaluate ... --precision int8`; the bench
 reads their results.json, it does not rerun them).
 """
 
@@ -34,6 +34,7 @@ from trace_core.backbones.fused_decode import huge_page_buffer
 from trace_core.backbones.mini import MiniBackbone
 from trace_core.embed_pool import pool_index
 from trace_core.encoder import TraceEncoder
+from trace_core.interface import SERVING
 from trace_core.loading import load_model, wait_for_fused_decoding
 from trace_core.mbeir import discover_pairs, load_pair
 from trace_core.records import CotDelta, QueryResult
@@ -133,14 +134,16 @@ def run(model: str, root: Path, repeats: int, evaluations: dict[str, Path], cach
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        encoders = {p: load_model(model, precision=p) for p in ("fp32", "int8")}  # as the app decodes
+        # as the app serves: the fused step, queries sharing their prompt's start (SERVING), one thread
+        encoders = {p: load_model(model, precision=p, config=SERVING) for p in ("fp32", "int8")}
         for e in encoders.values():
             wait_for_fused_decoding(e)
         for p in ("fp32", "int8"):  # the same weights, each step a transformers forward
-            encoders[TRANSFORMERS.format(p)] = TraceEncoder(MiniBackbone.from_pretrained(model, precision=p, fused=False))
+            encoders[TRANSFORMERS.format(p)] = TraceEncoder(MiniBackbone.from_pretrained(model, precision=p, fused=False),
+                                                            SERVING)
         # the same fp32 weights as loaded, without cpu_decoding_layout (row-major, LoRA wrappers kept): its gain
         encoders[ROW_MAJOR] = TraceEncoder(MiniBackbone.from_pretrained(model, precision="fp32", cpu_layout=False,
-                                                                        fused=False))
+                                                                        fused=False), SERVING)
         gbps = memory_gbps()
         complex_, _ = _queries(root, "emoji_task2", max(repeats, 3), route="reason")
         simple, cands = _queries(root, "emoji_task0", 16)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import table  # noqa: E402
 from trace_core import EncoderConfig, load_model  # noqa: E402
 from trace_core.atomic import atomic_file  # noqa: E402
+from trace_core.interface import SERVING  # noqa: E402
 from trace_core.loading import wait_for_fused_decoding  # noqa: E402
 
 SECTIONS = ("model", "threads", "precision", "search", "serving", "batching", "map_select")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         from bench import threads as threads_bench
         from trace_core.lazy import default_precision
 
-        encoder = load_model(args.model, precision=default_precision(args.model))  # as the app serves it
+        encoder = load_model(args.model, precision=default_precision(args.model), config=SERVING)  # as the app serves
         wait_for_fused_decoding(encoder)
         results["threads"] = threads_bench.run(encoder, Path(args.data), 16 if args.quick else 32, 3 if args.quick else 5)
         print(table(results["threads"], "== threads: 1 and 2 torch threads, alone and beside a busy process"))

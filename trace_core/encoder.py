@@ -29,7 +29,7 @@ import torch
 
 from .backbones.base import Backbone, RenderedPrompt
 from .interface import CotStream, Encoder, EncoderConfig, batches  # noqa: F401 - re-exported
-from .prompts import render_candidate, render_query
+from .prompts import query_prefix, render_candidate, render_query
 from .records import (
     Candidate,
     CotDelta,
@@ -117,7 +117,8 @@ class TraceEncoder:
     def render_query(self, query: Query) -> RenderedPrompt:
         image = load_image(query.image)
         text = render_query(self.style, query, self.backbone.image_placeholder)
-        return RenderedPrompt(text, [image] if image is not None else [])
+        prefix = query_prefix(self.style, query) if self.config.share_prefixes else ""
+        return RenderedPrompt(text, [image] if image is not None else [], prefix)
 
     def render_candidate(self, candidate: Candidate) -> RenderedPrompt:
         image = load_image(candidate.image)

@@ -69,6 +69,15 @@ def render_query(style: PromptStyle, query: Query, image_placeholder: str) -> st
     )
 
 
+def query_prefix(style: PromptStyle, query: Query) -> str:
+    """The start of `render_query`'s prompt that depends on the instruction alone: up to where the query's text
+    or image goes. Every query of one instruction (and modality) shares it."""
+    marker = "\x00"
+    text = style.query_template.format(instruction=(query.instruction or "").strip(), text=marker,
+                                       image=marker if query.image is not None else "")
+    return text.split(marker, 1)[0]
+
+
 def render_candidate(style: PromptStyle, candidate: Candidate, image_placeholder: str) -> str:
     modality = {"image,text": "image and sentence", "image": "image", "text": "sentence"}[candidate.modality]
     return style.candidate_template.format(

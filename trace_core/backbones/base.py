@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # torch is imported where it runs: the app's page is served b
 class RenderedPrompt:
     text: str  # prompt text with one image placeholder per image
     images: list[Image.Image]  # RGB images, in placeholder order
+    # The start of `text` that other prompts share (a query's template and instruction, `prompts.query_prefix`):
+    # a backbone may reuse its KV cache across prefills. "" for none.
+    prefix: str = ""
 
 
 @dataclass
@@ -77,6 +80,13 @@ class TrainForward(NamedTuple):
     direct: torch.Tensor  # [B, H] state at the end of the prompt, where the direct route would embed
     ce_sum: torch.Tensor  # summed cross-entropy over all target tokens (0 without targets)
     n_tokens: int  # how many target tokens were scored
+
+
+def cache_layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A transformers cache's keys and values of one layer [B, KV, S, D]."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache.key_cache[layer], cache.value_cache[layer]
 
 
 def pool_and_score(hidden: torch.Tensor, targets: list[list[int]] | None, head) -> TrainForward:

@@ -47,6 +47,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.typed import List
 
+from .base import cache_layer_kv
+
 _FLAGS = dict(fastmath=True, cache=True, nogil=True)
 _WARM: set[tuple[bool, bool]] = set()  # the weight kinds (int8, cols) whose step this process has compiled or loaded
 
@@ -516,7 +518,7 @@ class FusedDecoder:
         shape = (self.n_layers, n, self.n_kv, prefill + room, self.head_dim)
         keys, values = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         for layer in range(self.n_layers):
-            k, v = _layer_kv(cache, layer)
+            k, v = cache_layer_kv(cache, layer)
             keys[layer, :, :, :prefill] = _numpy(k.float())
             values[layer, :, :, :prefill] = _numpy(v.float())
         mask = np.zeros((n, prefill + room), np.bool_)
@@ -587,13 +589,6 @@ class FusedDecoder:
               self.head, self.head_scale, self.emb_out, self.emb_bias, hidden, logits[:, :-1], logits[:, -1], best)
         new = FusedState(state.keys, state.values, state.mask, state.slots, state.next_pos + 1, state.col + 1)
         return new, torch.from_numpy(hidden), torch.from_numpy(logits), torch.from_numpy(best)
-
-
-def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A transformers cache's keys and values of one layer [B, KV, S, D]."""
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]
 
 
 def _grow(state: FusedState) -> FusedState:
