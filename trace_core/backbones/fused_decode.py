@@ -8,8 +8,8 @@ thread here (`scripts/gemv_probe.py`) against 27-33 GB/s for a plain read. This 
 (every layer's norms, projections, rotary embedding, attention over the KV cache, MLP, the final norm and the
 output head) as one numba function with loops written for streaming: each weight matrix is read once per step
 whatever the batch size, from its own memory (the torch modules' weights, no copy). Share of the bandwidth
-bound at batch 1 (bench/precision.py): float32 0.29-0.35 through transformers, 0.87 here; int8 0.13-0.15
-through transformers, 0.72 here (0.46-0.50 while this step widened each int8 weight to float32, which is
+bound at batch 1 (bench/precision.py): float32 0.28-0.35 through transformers, 0.70-0.88 here; int8 0.13-0.15
+through transformers, 0.62-0.72 here (0.46-0.50 while this step widened each int8 weight to float32, which is
 compute-bound on one core; 0.62-0.63 before its weights moved to huge pages, `move_to_huge_pages`).
 
 The numbers:

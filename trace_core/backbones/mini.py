@@ -558,7 +558,7 @@ class MiniBackbone(Backbone):
 
     # ---- shared prompt starts
     PREFIX_MIN_TOKENS = 8  # shorter shared starts are prefilled with the rest (no gain worth a cache entry)
-    PREFIX_CACHE_SIZE = 64  # KV caches of shared starts kept (about 0.8 MB each for 18 tokens of TRACE-mini)
+    PREFIX_CACHE_SIZE = 32  # KV caches of shared starts kept (0.8 MB each for 18 tokens of TRACE-mini: 27 MB at most)
 
     def _shared_start(self, prompt: RenderedPrompt, ids: list[int]) -> tuple[int, ...]:
         """The token ids of `prompt.prefix` when the prompt's own tokens start with them (a prefix that BPE would
