@@ -12,7 +12,7 @@ from .records import REASONING_MODES, Candidate, CotDelta, FirstStep, InputError
 
 # The encoder and the loader import torch (about 1.3 s): they are imported on first use, so that what needs only
 # the records, M-BEIR I/O or the page (app.py serves its page before torch is imported) does not pay for it.
-_LAZY = {"Encoder": "encoder", "EncoderConfig": "encoder", "TraceEncoder": "encoder", "decide_route": "encoder",
+_LAZY = {"Encoder": "interface", "EncoderConfig": "interface", "TraceEncoder": "encoder", "decide_route": "routing",
          "ModelNotFoundError": "loading", "load_model": "loading"}
 
 
