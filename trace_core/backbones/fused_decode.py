@@ -416,9 +416,10 @@ def move_to_huge_pages(tensors: list[torch.Tensor]) -> int:
     and head alike) reads the new memory. Returns the bytes moved.
 
     A decoding step reads every weight once, in order. On 4 KB pages the CPU's hardware prefetcher stops at every
-    page boundary (and the TLB covers a few MB), so a step's 211 int8 products streamed 22-24 GB/s on one core
-    here; from one huge-page buffer in step order, 28-29 GB/s (a plain read: 26 GB/s on 4 KB pages, 31-32 on huge
-    pages). Each tensor must be dense: contiguous, or column-major (`cpu_decoding_layout`)."""
+    page boundary (and the TLB covers a few MB), so a step's 211 int8 products streamed 21-24 GB/s on one core
+    here; from one huge-page buffer in step order, 27-29 GB/s (`scripts/huge_page_probe.py`; a plain read: 26-32
+    GB/s on 4 KB pages, 30-33 on huge pages). Each tensor must be dense: contiguous, or column-major
+    (`cpu_decoding_layout`)."""
     sizes = []
     for t in tensors:
         if t.storage_offset() != 0 or not (t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())):
