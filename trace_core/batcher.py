@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from .backbones.base import RenderedPrompt
 from .heap import release_freed_memory
+from .interface import CotStream
 from .records import (
     CotDelta,
     FirstStep,
@@ -150,8 +151,6 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.queries += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
-        from .encoder import CotStream  # here, not at the top: the page is served before torch is imported
-
         streams = [CotStream(self.encoder.backbone.decode) for _ in batch]
         events = self.encoder._run([r.query for r in batch], [r.reasoning for r in batch],
                                    [r.bias for r in batch], None, [r.no_repeat_ngram for r in batch],

@@ -367,7 +367,7 @@ def supports(lm) -> bool:
             or rope is None or getattr(rope, "rope_type", "default") != "default"
             or getattr(config, "sliding_window", None)):
         return False
-    linears = [m for layer in lm.model.layers for m in _projections(layer)]
+    linears = _linears(lm)
     if all(isinstance(m, Int8Linear) for m in linears):
         return isinstance(lm.get_output_embeddings(), _Head) and isinstance(lm.get_input_embeddings(), Int8Embedding)
     if all(isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"
@@ -404,7 +404,7 @@ def decode_weights(lm) -> list[torch.Tensor]:
     then the output head (int8: `qweight`; float32: `weight`, column-major or row-major as laid out)."""
     from .weight_int8 import Int8Linear
 
-    linears = [m for layer in lm.model.layers for m in _projections(layer)]
+    linears = _linears(lm)
     if isinstance(linears[0], Int8Linear):
         return [m.qweight for m in linears] + [lm.get_output_embeddings().table.qweight]
     return [m.weight for m in linears] + [lm.get_output_embeddings().weight]
@@ -440,6 +440,11 @@ def move_to_huge_pages(tensors: list[torch.Tensor]) -> int:
 def _projections(layer) -> list:
     a, m = layer.self_attn, layer.mlp
     return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
+
+
+def _linears(lm) -> list:
+    """Every projection of the LM, in the order a step runs them: per layer q k v o gate up down."""
+    return [m for layer in lm.model.layers for m in _projections(layer)]
 
 
 def _column_major(w: torch.Tensor) -> bool:
@@ -488,7 +493,7 @@ class FusedDecoder:
         self.in_norm = List([_numpy(layer.input_layernorm.weight) for layer in layers])
         self.post_norm = List([_numpy(layer.post_attention_layernorm.weight) for layer in layers])
         self.final_norm = _numpy(lm.model.norm.weight)
-        linears = [m for layer in layers for m in _projections(layer)]
+        linears = _linears(lm)
         self.int8 = isinstance(linears[0], Int8Linear)
         if self.int8:
             self.cols = False

@@ -608,9 +608,9 @@ class MiniBackbone(Backbone):
         positions = torch.zeros(n, s_max, dtype=torch.long, device=device)
         layers = len(self.model.lm.model.layers)
         kvs = [self._start_kv(start) if start else None for start in starts]
-        shape = next(kv for kv in kvs if kv is not None)[0][0].shape  # [1, KV, P, D]
-        past = [(embeds.new_zeros(n, shape[1], p_max, shape[3]), embeds.new_zeros(n, shape[1], p_max, shape[3]))
-                for _ in range(layers)]
+        first = next(kv for kv in kvs if kv is not None)[0][0]  # [1, KV, P, D]: the cache's dtype and shape
+        past = [(first.new_zeros(n, first.shape[1], p_max, first.shape[3]),
+                 first.new_zeros(n, first.shape[1], p_max, first.shape[3])) for _ in range(layers)]
         for i, (start, r, kv) in enumerate(zip(starts, rest, kvs, strict=True)):
             p, s = len(start), r.shape[0]
             embeds[i, s_max - s :] = r
