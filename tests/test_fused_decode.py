@@ -118,6 +118,26 @@ def test_the_int8_kernel_is_the_integer_arithmetic_it_describes(rows, n_in):
     assert np.allclose(y, x @ (w.astype(np.float32).T * scale), rtol=0, atol=2e-4 * np.abs(want).max())
 
 
+
+@pytest.mark.parametrize("rows, n_in", [(4, 576), (9, 1536), (6, 200), (5, 40)])
+def test_a_batch_takes_the_int8_kernel_rows_at_a_time_with_the_same_numbers(rows, n_in):
+    """From ROWS rows on, `_linear` takes `_matvec_int8_rows` (the weights widened once for ROWS rows; the rows
+    past the last whole block one at a time): every row's numbers are those of `_matvec_int8`, bit for bit."""
+    rng = np.random.default_rng(rows)
+    w = rng.integers(-127, 128, (37, n_in)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.01, 37).astype(np.float32)
+    x = rng.standard_normal((rows, n_in)).astype(np.float32) * rng.uniform(0.1, 10, (rows, 1)).astype(np.float32)
+    x[-1, 3] = 80.0
+    groups = (n_in + fused_decode.GROUP - 1) // fused_decode.GROUP
+    xq, xs = np.empty((rows, n_in), np.int16), np.empty((rows, groups), np.float32)
+    fused_decode._quantise(x, xq, xs)
+    one, many, linear = (np.full((rows, 37), np.nan, np.float32) for _ in range(3))
+    fused_decode._matvec_int8(w, scale, xq, xs, one)
+    fused_decode._matvec_int8_rows(w, scale, xq, xs, many)
+    fused_decode._linear(w, scale, x, xq, xs, linear, False, True)
+    assert rows >= fused_decode.ROWS and np.array_equal(one, many) and np.array_equal(one, linear)
+
+
 def test_the_encoder_writes_the_same_cots_and_embeddings(mini):
     plain, fused = _pair(mini, "fp32")
     config = EncoderConfig(max_cot_tokens=90)  # past the cache's first room: it grows
