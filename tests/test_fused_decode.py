@@ -119,6 +119,27 @@ def test_the_int8_kernel_is_the_integer_arithmetic_it_describes(rows, n_in):
 
 
 
+
+@pytest.mark.parametrize("n_in", [576, 1536, 200, 40])
+def test_the_quantiser_rounds_as_its_float32_definition(n_in):
+    """`_quantise` (whole groups in vector code): each group's step is its largest magnitude / 32767 and each value
+    rint(x * (1 / step)), in float32, bit for bit; an all-zero group takes step 1, ties round to even."""
+    rng = np.random.default_rng(n_in)
+    x = (rng.standard_normal((3, n_in)) * rng.uniform(0.01, 100, (3, 1))).astype(np.float32)
+    x[0, : min(n_in, 64)] = 0.0
+    x[1, 5] = -700.0
+    x[2, : min(n_in, 64)] = np.float32(0.5)
+    groups = (n_in + 63) // 64
+    xq, xs = np.empty((3, n_in), np.int16), np.empty((3, groups), np.float32)
+    fused_decode._quantise(x, xq, xs)
+    for g in range(groups):
+        part = x[:, g * 64 : (g + 1) * 64]
+        top = np.abs(part).max(axis=1)
+        step = np.where(top > 0, top / np.float32(32767.0), np.float32(1.0)).astype(np.float32)
+        inv = (np.float32(1.0) / step).astype(np.float32)
+        assert np.array_equal(xs[:, g], step)
+        assert np.array_equal(xq[:, g * 64 : (g + 1) * 64], np.rint(part * inv[:, None]).astype(np.int16))
+
 @pytest.mark.parametrize("rows, n_in", [(4, 576), (9, 1536), (6, 200), (5, 40)])
 def test_a_batch_takes_the_int8_kernel_rows_at_a_time_with_the_same_numbers(rows, n_in):
     """From ROWS rows on, `_linear` takes `_matvec_int8_rows` (the weights widened once for ROWS rows; the rows

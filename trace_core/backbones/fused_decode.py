@@ -158,22 +158,76 @@ def _dot_groups_rows(typingctx, w, xq, xs, b0, n, sums):
     return sig, codegen
 
 
+@intrinsic
+def _group_top(typingctx, x, lo):
+    """max |x[lo + i]| over i < GROUP (float32), as four 16-lane vectors: the maximum, whatever the order."""
+    sig = types.float32(x, types.intp)
+
+    def codegen(context, builder, signature, args):
+        f32, v16f32 = ir.FloatType(), ir.VectorType(ir.FloatType(), 16)
+        xp = context.make_array(signature.args[0])(context, builder, args[0]).data
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f32, [v16f32]), "llvm.fabs.v16f32")
+        vmax = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f32, [v16f32] * 2),
+                                              "llvm.maxnum.v16f32")
+        top = None
+        for k in range(GROUP // 16):
+            at = builder.add(args[1], ir.Constant(ir.IntType(64), 16 * k))
+            v = builder.call(fabs, [builder.load(builder.bitcast(builder.gep(xp, [at]), v16f32.as_pointer()), align=4)])
+            top = v if top is None else builder.call(vmax, [top, v])
+        reduce = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32, [v16f32]),
+                                                "llvm.vector.reduce.fmax.v16f32")
+        return builder.call(reduce, [top])
+
+    return sig, codegen
+
+
+@intrinsic
+def _round_group(typingctx, x, xq, lo, inv):
+    """xq[lo + i] = int16(rint(x[lo + i] * inv)) for i < GROUP: `_quantise`'s rounding, 16 values at a time."""
+    sig = types.void(x, xq, types.intp, types.float32)
+
+    def codegen(context, builder, signature, args):
+        v16f32, v16i16 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(ir.IntType(16), 16)
+        xp = context.make_array(signature.args[0])(context, builder, args[0]).data
+        qp = context.make_array(signature.args[1])(context, builder, args[1]).data
+        rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16f32, [v16f32]), "llvm.rint.v16f32")
+        zeros = ir.Constant(v16f32, None)
+        inv = builder.shuffle_vector(builder.insert_element(zeros, args[3], ir.Constant(ir.IntType(32), 0)), zeros,
+                                     ir.Constant(ir.VectorType(ir.IntType(32), 16), None))
+        for k in range(GROUP // 16):
+            at = builder.add(args[2], ir.Constant(ir.IntType(64), 16 * k))
+            v = builder.load(builder.bitcast(builder.gep(xp, [at]), v16f32.as_pointer()), align=4)
+            q = builder.fptosi(builder.call(rint, [builder.fmul(v, inv)]), v16i16)
+            builder.store(q, builder.bitcast(builder.gep(qp, [at]), v16i16.as_pointer()), align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @nb.njit(**_FLAGS)
 def _quantise(x, xq, xs):
     """Each row of x [B, I] as int16 in groups of GROUP (the last may be shorter), each group scaled to its
     largest magnitude: x[b, i] ~ xq[b, i] * xs[b, i // GROUP], within half a step (1 / 65534 of the group's
-    largest value; bfloat16, which torch's int8 kernel rounds its input to, keeps 1 / 512 of each value)."""
+    largest value; bfloat16, which torch's int8 kernel rounds its input to, keeps 1 / 512 of each value).
+    Whole groups in vector code (`_group_top`, `_round_group`: the same numbers as the loops of a shorter one)."""
     n = x.shape[1]
     for b in range(x.shape[0]):
+        xb, qb = x[b], xq[b]
         for g in range((n + GROUP - 1) // GROUP):
             lo, hi = g * GROUP, min(n, g * GROUP + GROUP)
-            top = np.float32(0.0)
-            for i in range(lo, hi):
-                top = max(top, abs(x[b, i]))
+            if hi - lo == GROUP:
+                top = _group_top(xb, lo)
+            else:
+                top = np.float32(0.0)
+                for i in range(lo, hi):
+                    top = max(top, abs(xb[i]))
             step = top / np.float32(32767.0) if top > 0 else np.float32(1.0)
             inv = np.float32(1.0) / step
-            for i in range(lo, hi):
-                xq[b, i] = np.int16(np.rint(x[b, i] * inv))
+            if hi - lo == GROUP:
+                _round_group(xb, qb, lo, inv)
+            else:
+                for i in range(lo, hi):
+                    qb[i] = np.int16(np.rint(xb[i] * inv))
             xs[b, g] = step
 
 
