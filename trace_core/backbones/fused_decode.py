@@ -16,7 +16,8 @@ The numbers:
 - float32 weights: those of the torch step up to float rounding (float32 products, summed in another order);
 - int8 weights (`weight_int8`): int8 x int16 integer dot products. Each input vector is quantised to int16 in
   groups of 64 values, each group scaled to its largest magnitude (`_quantise`), and each group's integer sum
-  times its scale and the row's scale is summed in float32 (`_dot_groups`, x86 VNNI where the CPU has it). This
+  times its scale and the row's scale is summed in float32 (`_dot_groups`, x86 VNNI where the CPU has it; from
+  batch 4 on, 4 rows at a time, `_dot_groups_rows`, the same sums: a batched step is bound by them). This
   is not torch's int8 kernel, which rounds the input to bfloat16 (8 significant bits against about 15 here) and
   its output too: the fused step is at least as close to the float32 model as torch's int8 step is
   (tests/test_fused_decode.py), and differs from it by about a bfloat16 rounding.
