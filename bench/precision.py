@@ -9,7 +9,8 @@ bandwidth over the bytes read per token. Measured here, on one thread (the app s
   4 KB pages and on transparent huge pages (where the fused step keeps its weights); the bound takes the faster;
 - bytes per token: the LM's weights a decode step reads (every linear layer, norms, one embedding row,
   `<|emb|>`'s output row), from the loaded modules, so int8 weights count one byte each (plus their scales);
-  the KV cache of these short prompts (under 1 MB) is left out;
+  the KV cache a step also reads is left out (the issue's bound counts weights: 46 KB a cache column, float32
+  keys and values of 30 layers: about 3 MB a token for a 45-token prompt and its CoT, 2-3 % of int8's 135 MB);
 - tokens/s: the time between the first and the last generated token of `stream_query` (prefill excluded),
   reasoning forced, the three alternated, medians;
 - ratio = tokens/s / (GB/s / bytes per token), the share of the bound reached.
