@@ -60,6 +60,11 @@ GROUP = 64  # int8 weights: the input is quantised to int16 in groups of this ma
 ROWS = 4  # batched decoding: `_dot_groups_rows` takes this many input rows at a time
 
 
+def _contiguous(*arrays) -> bool:
+    """Whether these numba array types are C-contiguous: the vector code below reads rows as plain memory."""
+    return all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
+
+
 def _emit_dot_groups(builder, wp, xps, sps, n):
     """LLVM IR for `_dot_groups` over several input rows at once: wp the int8 weights, xps / sps each row's int16
     values and group scales (pointers), n the length. Each 32 weights are widened once for all the rows; every
@@ -138,6 +143,8 @@ def _dot_groups_rows(typingctx, w, xq, xs, b0, n, sums):
     """`_dot_groups` of the weights w with ROWS input rows at once, xq[b0 + r] and xs[b0 + r] (2-D, each row
     contiguous), into sums[r]: the same sums, bit for bit, with each 32 weights widened once. At batch 4 and more
     the int8 step is bound by its multiply-adds, not by memory, and this saves the widening of 3 rows in 4."""
+    if not _contiguous(w, xq, xs, sums):
+        return None  # not typed: a strided array would be read wrongly
     sig = types.void(w, xq, xs, types.intp, types.intp, sums)
 
     def codegen(context, builder, signature, args):
@@ -162,6 +169,8 @@ def _dot_groups_rows(typingctx, w, xq, xs, b0, n, sums):
 @intrinsic
 def _group_top(typingctx, x, lo):
     """max |x[lo + i]| over i < GROUP (float32), as four 16-lane vectors: the maximum, whatever the order."""
+    if not _contiguous(x):
+        return None
     sig = types.float32(x, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -185,6 +194,8 @@ def _group_top(typingctx, x, lo):
 @intrinsic
 def _round_group(typingctx, x, xq, lo, inv):
     """xq[lo + i] = int16(rint(x[lo + i] * inv)) for i < GROUP: `_quantise`'s rounding, 16 values at a time."""
+    if not _contiguous(x, xq):
+        return None
     sig = types.void(x, xq, types.intp, types.float32)
 
     def codegen(context, builder, signature, args):
@@ -210,7 +221,8 @@ def _quantise(x, xq, xs):
     """Each row of x [B, I] as int16 in groups of GROUP (the last may be shorter), each group scaled to its
     largest magnitude: x[b, i] ~ xq[b, i] * xs[b, i // GROUP], within half a step (1 / 65534 of the group's
     largest value; bfloat16, which torch's int8 kernel rounds its input to, keeps 1 / 512 of each value).
-    Whole groups in vector code (`_group_top`, `_round_group`: the same numbers as the loops of a shorter one)."""
+    Whole groups in vector code (`_group_top`, `_round_group`: the same numbers as the loops of a shorter one);
+    x and xq C-contiguous."""
     n = x.shape[1]
     for b in range(x.shape[0]):
         xb, qb = x[b], xq[b]
