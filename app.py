@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="searches that arrive within this many ms share one batch through the model "
                              "(micro-batching; bench --sections serving measures 1, 4 and 16 clients)")
     parser.add_argument("--max-batch", type=int, default=16, help="most searches in one batch")
+    parser.add_argument("--batch-workers", type=int, default=min(2, len(os.sched_getaffinity(0))
+                                                                if hasattr(os, "sched_getaffinity") else 1),
+                        help="batches of searches run at once, each in a thread of its own (default: 2 where the "
+                             "process has 2 or more CPUs; on 2 cores two batches of 8 run 1.8-1.9x faster together "
+                             "than one after the other)")
     parser.add_argument("--no-batching", action="store_true", help="run every search alone, one at a time")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
@@ -54,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
-    if args.batch_window_ms < 0 or args.max_batch < 1:
-        parser.error("--batch-window-ms must be >= 0 and --max-batch >= 1")
+    if args.batch_window_ms < 0 or args.max_batch < 1 or not 1 <= args.batch_workers <= 2:
+        parser.error("--batch-window-ms must be >= 0, --max-batch >= 1 and --batch-workers 1 or 2")
     # Converted weights live beside the index cache, whatever folder the app is started from.
     os.environ.setdefault("TRACE_CACHE", str(Path(args.cache_dir).parent))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.no_batching:
-        services.start_batching(args.batch_window_ms / 1000, args.max_batch)
+        services.start_batching(args.batch_window_ms / 1000, args.max_batch, args.batch_workers)
     demo = build_app(services)
     demo.queue(default_concurrency_limit=1)
     # SIGTERM (a Space or container stopping, `kill`) ends the app as Ctrl-C does: the server closes and the

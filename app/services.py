@@ -26,7 +26,7 @@ from analysis.embedding_map import (
     load_or_build,
     map_fingerprint,
 )
-from trace_core.batcher import MicroBatcher
+from trace_core.batcher import MicroBatcher, ModelGate
 from trace_core.embed_pool import encode_in_chunks, pool_index
 from trace_core.index import CandidateIndex
 from trace_core.instructions import instructions_for
@@ -122,7 +122,9 @@ class Services:
     queries: pd.DataFrame | None = None  # per-query table of that evaluation (queries.parquet), if any
     map: EmbeddingMap | None = None  # UMAP of the pools and the benchmark queries (built once, cached)
     notes: list[str] = field(default_factory=list)  # what could not be loaded, in words for the UI
-    model_lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time on CPU
+    # Batches of searches hold the model together (up to two at once, `start_batching(workers=2)`), any other
+    # model call alone; as a lock (`with services.model_lock:`) it is held alone.
+    model_lock: ModelGate = field(default_factory=ModelGate)
     # Searches of concurrent visitors share one prefill and decode (`start_batching`); None: one at a time.
     batcher: MicroBatcher | None = None
     build: Build | None = None  # what is still being built in the background (`load(background=True)`)
@@ -134,15 +136,17 @@ class Services:
         with every other model call."""
         if self.batcher is None:
             return {"concurrency_limit": 1, "concurrency_id": "model"}
-        return {"concurrency_limit": self.batcher.max_batch, "concurrency_id": "search"}
+        return {"concurrency_limit": self.batcher.max_batch * self.batcher.workers, "concurrency_id": "search"}
 
-    def start_batching(self, window_s: float = 0.02, max_batch: int = 16) -> bool:
-        """Put a micro-batching queue in front of the model for searches; False where it cannot run (an
-        encoder without the batched TRACE loop, or a ZeroGPU Space)."""
+    def start_batching(self, window_s: float = 0.02, max_batch: int = 16, workers: int = 1) -> bool:
+        """Put a micro-batching queue in front of the model for searches, `workers` batches at once (at most the
+        gate's limit); False where it cannot run (an encoder without the batched TRACE loop, or a ZeroGPU
+        Space)."""
         if ZERO_GPU or not MicroBatcher.supports(self.encoder):
             return False
         if self.batcher is None:
-            self.batcher = MicroBatcher(self.encoder, self.model_lock, window_s, max_batch)
+            self.batcher = MicroBatcher(self.encoder, self.model_lock, window_s, max_batch,
+                                        min(workers, self.model_lock.limit))
         return True
 
     @property

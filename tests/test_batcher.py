@@ -120,7 +120,8 @@ def test_per_row_settings_are_checked(encoder):
         list(encoder._run(_queries()[:3], ["auto", "never"], 0.0))
 
 
-def test_searches_of_concurrent_visitors_go_through_one_batch_with_the_same_hits(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_searches_of_concurrent_visitors_go_through_one_batch_with_the_same_hits(tmp_path, workers):
     from app.usecases import search
     from tests.app_fixture import build_services
 
@@ -129,7 +130,9 @@ def test_searches_of_concurrent_visitors_go_through_one_batch_with_the_same_hits
     texts = [q.text for q in task.queries if q.text][:6]
     modes = ["auto", "always", "never", "auto", "always", "never"][: len(texts)]
     alone = [search(services, task.name, t, None, None, m, 5) for t, m in zip(texts, modes, strict=True)]
-    assert services.start_batching(window_s=0.5)
+    assert services.start_batching(window_s=0.5, workers=workers)
+    assert services.batcher.workers == workers  # gradio lets each worker fill a batch
+    assert services.search_concurrency["concurrency_limit"] == services.batcher.max_batch * workers
     together: list = [None] * len(texts)
     start = threading.Barrier(len(texts))
 
@@ -244,3 +247,103 @@ def test_a_direct_query_does_not_wait_for_its_batch_s_chains_of_thought(encoder)
         encoder.backbone.step = real
     assert batcher.stats.largest == 2
     assert done["always"] - done["never"] > 0.5  # the direct one left at the prefill, before 6 slow steps
+
+
+def test_the_model_gate_lets_batches_share_and_other_calls_run_alone():
+    from trace_core.batcher import ModelGate
+
+    gate = ModelGate(2)
+    inside, third_in, exclusive_in = threading.Event(), threading.Event(), threading.Event()
+    release = threading.Event()
+
+    def batch(flag=None):
+        with gate.shared():
+            if flag is not None:
+                flag.set()
+            inside.set()
+            release.wait(10)
+
+    first, second = threading.Thread(target=batch), threading.Thread(target=batch)
+    first.start(), second.start()
+    assert inside.wait(5)
+    time.sleep(0.2)
+    assert gate.locked() and gate._batches == 2  # two batches at once
+    third = threading.Thread(target=batch, args=(third_in,))
+    third.start()
+    assert not third_in.wait(0.3)  # a third waits for one of them
+    assert gate.acquire(timeout=0.2) is False  # a call alone waits for the batches
+    waiter = threading.Thread(target=lambda: (gate.acquire(), exclusive_in.set(), release.wait(10), gate.release()))
+    release.set()
+    waiter.start()
+    for t in (first, second, third, waiter):
+        t.join(10)
+    assert third_in.is_set() and exclusive_in.is_set() and not gate.locked()
+    with pytest.raises(RuntimeError):
+        gate.release()
+
+
+def test_a_waiting_call_alone_goes_before_later_batches():
+    from trace_core.batcher import ModelGate
+
+    gate = ModelGate(2)
+    order: list[str] = []
+    holding, done = threading.Event(), threading.Event()
+
+    def first_batch():
+        with gate.shared():
+            holding.set()
+            done.wait(10)
+
+    def alone():
+        with gate:
+            order.append("alone")
+
+    def later_batch():
+        with gate.shared():
+            order.append("batch")
+
+    threads = [threading.Thread(target=first_batch)]
+    threads[0].start()
+    assert holding.wait(5)
+    threads.append(threading.Thread(target=alone))
+    threads[-1].start()
+    time.sleep(0.2)  # the call alone now waits for the first batch
+    threads.append(threading.Thread(target=later_batch))
+    threads[-1].start()
+    time.sleep(0.2)
+    assert order == []  # the later batch does not slip in before the waiting call alone
+    done.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["alone", "batch"]
+
+
+def test_two_workers_run_two_batches_at_once_with_the_same_results(encoder):
+    from trace_core.batcher import ModelGate
+
+    queries = _queries()[:4]
+    settings = SETTINGS[:4]
+    alone = [list(encoder.stream_query(q, m, b, no_repeat_ngram=g)) for q, (m, b, g) in zip(queries, settings,
+                                                                                             strict=True)]
+    run, meet = encoder._run, threading.Barrier(2)
+    together = {"most": 0, "now": 0}
+    lock = threading.Lock()
+
+    def counted(*args, **kwargs):  # the real decoding loop; two batches must be in it at the same moment
+        with lock:
+            together["now"] += 1
+            together["most"] = max(together["most"], together["now"])
+        try:
+            meet.wait(timeout=20)
+            yield from run(*args, **kwargs)
+        finally:
+            with lock:
+                together["now"] -= 1
+
+    encoder._run = counted
+    batcher = MicroBatcher(encoder, ModelGate(2), window_s=0.3, max_batch=2, workers=2)
+    got = _concurrently(batcher, queries, settings)
+    assert together["most"] == 2 and batcher.stats.batches == 2 and batcher.stats.queries == 4
+    for a, b in zip(alone, got, strict=True):
+        assert b[-1].cot_token_ids == a[-1].cot_token_ids and b[-1].route == a[-1].route
+        np.testing.assert_allclose(b[-1].embedding, a[-1].embedding, atol=1e-4)
