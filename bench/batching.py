@@ -6,10 +6,11 @@ all clients starting together. Queries mix simple and complex ones (the model re
 mode. Reported per setting and client count: throughput, p50 and p95 latency, errors, and p95 over the
 single-client p50 of the same setting (the issue's target: <= 3 with 16 clients).
 
-Also what the machine allows (`compute_bound`, in process, the app's one thread, no server): the same kind of
-queries encoded one at a time, then N of them in one batched call. N clients that each wait for their answer
-before sending the next keep N queries in flight, so however they are scheduled a round of N takes at least
-the batched call's time: that over the single-query median bounds p50 / single from below.
+Also what the machine allows (`compute_bound`, in process, one torch thread per caller, no server): the same
+kind of queries encoded one at a time, then N of them in one batched call, and in two batched calls of N / 2 at
+once from two threads (as the app's two batch workers run them); the faster of the two is the floor. N clients
+that each wait for their answer before sending the next keep N queries in flight, so however they are scheduled
+a round of N takes at least the floor's time: that over the single-query median bounds p50 / single from below.
 """
 
 from __future__ import annotations
@@ -98,12 +99,23 @@ def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 
         t = time.perf_counter()
         results = encoder.encode_queries(qs, batch_size=n)
         together = time.perf_counter() - t
+        # as the app's two batch workers serve them: half in each of two threads at once
+        halves, threads = (qs[: n // 2], qs[n // 2 :]), []
+        for half in halves:
+            threads.append(threading.Thread(target=encoder.encode_queries, args=(half,), kwargs={"batch_size": n}))
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        two_workers = time.perf_counter() - t
     finally:
         torch.set_num_threads(before)
     single = statistics.median(alone)
+    best = min(together, two_workers)
     return {"queries": n, "reason_rate": sum(r.route == "reason" for r in results) / n,
-            "alone_p50_s": single, "together_s": together, "searches_per_s_at_best": n / together,
-            "p50_over_single_at_best": together / single}
+            "alone_p50_s": single, "together_s": together, "two_workers_s": two_workers,
+            "searches_per_s_at_best": n / best, "p50_over_single_at_best": best / single}
 
 
 def run(data: Path, client_counts=(1, 4, 16), searches: int = 48, model: str | None = None) -> dict:
