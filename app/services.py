@@ -307,7 +307,7 @@ class LockedEncoder:
     """An encoder lent to a long job (an evaluation) a batch at a time: every batch holds `lock`, so that
     visitors' searches run between the job's batches; `report(n)` is told of each batch's n queries done."""
 
-    def __init__(self, encoder: Encoder, lock: threading.Lock, report: Callable[[int], None] | None = None,
+    def __init__(self, encoder: Encoder, lock: ModelGate, report: Callable[[int], None] | None = None,
                  batch: int = 8):
         self._encoder, self._lock, self._report, self._batch = encoder, lock, report, batch
 
