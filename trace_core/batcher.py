@@ -13,7 +13,7 @@ never longer than one batch's run. A query's stream ends with its own result: a 
 at the prefill, without waiting for the others' chains of thought.
 
 With `workers=2` two batches run at once, each in a thread of its own: the decoding step releases the GIL and
-torch runs one thread per caller, so on 2 cores two batches of 8 took 0.85-0.90 s together against 1.57-1.63 s
+torch runs one thread per caller, so on 2 cores two batches of 8 took 0.85-0.94 s together against 1.57-1.74 s
 one after the other (the same results). `ModelGate` lets up to that many batches hold the model at once, and
 any other model call (a background build's chunk, a walkthrough) hold it alone.
 """
