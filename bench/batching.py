@@ -100,9 +100,8 @@ def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 
         results = encoder.encode_queries(qs, batch_size=n)
         together = time.perf_counter() - t
         # as the app's two batch workers serve them: half in each of two threads at once
-        halves, threads = (qs[: n // 2], qs[n // 2 :]), []
-        for half in halves:
-            threads.append(threading.Thread(target=encoder.encode_queries, args=(half,), kwargs={"batch_size": n}))
+        threads = [threading.Thread(target=encoder.encode_queries, args=(half,), kwargs={"batch_size": n})
+                   for half in (qs[: n // 2], qs[n // 2 :])]
         t = time.perf_counter()
         for th in threads:
             th.start()
