@@ -6,7 +6,8 @@
 
 Prints, for the reason-labelled (complex) queries: R@1/5/10 of auto against never (the direct embedding of the
 same model) with the auto-minus-never difference and its bootstrap 95 % interval, pooled, per pair, for the
-relative skin-tone edits ("one shade darker") and the other complex queries, and split by whether the CoT names
+relative skin-tone edits ("one shade darker") and the other complex queries, per kind of query (definition,
+knowledge, edit-text, edit-image), and split by whether the CoT names
 the target; then the mean headline (R@5 over all pairs) of auto, never and always. The figures of runs 10 and
 11 in assets/trace-mini/training/README.md come from it.
 """
@@ -32,7 +33,8 @@ def load(data: Path, run: Path, split: str = "test") -> pd.DataFrame:
     for f in (data / "query" / split).glob("*.jsonl"):
         for line in f.read_text(encoding="utf-8").splitlines():
             o = json.loads(line)
-            labels.append({"qid": o["qid"], "label": o["route"], "target_name": o.get("target_name")})
+            labels.append({"qid": o["qid"], "label": o["route"], "target_name": o.get("target_name"),
+                           "kind": o.get("kind")})
     return table.merge(pd.DataFrame(labels), on="qid")
 
 
@@ -65,6 +67,8 @@ def main(data: Path, run: Path, split: str = "test") -> None:
     print(row("all complex", c))
     for pair, g in c.groupby("pair"):
         print(row(pair, g))
+    for kind, g in c.groupby("kind"):  # definition, knowledge (country questions), edit-text, edit-image
+        print(row(f"kind {kind}", g))
     print(row("relative tone edits", c[relative]))
     print(row("other complex", c[~relative]))
     print(row("CoT names the target", c[c.cot_target]))

@@ -42,7 +42,7 @@ QUERY_KEYS = [
     "ref_name",
     "kind",
 ]
-REASON_KINDS = {"emoji_task1": "definition", "emoji_task2": "edit-text", "emoji_task8": "edit-image"}
+REASON_KINDS = {"emoji_task1": {"definition", "knowledge"}, "emoji_task2": {"edit-text"}, "emoji_task8": {"edit-image"}}
 MAX_COT_WORDS = 45
 
 
@@ -75,7 +75,7 @@ LEGACY = [
 LEGACY_BASES = {"04000", "04100"}
 
 # WordNet lexicographer file numbers (wordnet.LEXFILES).
-LEX_ARTIFACT, LEX_FOOD, LEX_PERSON, LEX_PLANT = 6, 13, 18, 20
+LEX_ARTIFACT, LEX_FOOD, LEX_LOCATION, LEX_PERSON, LEX_PLANT = 6, 13, 15, 18, 20
 _ADJ = ["sweet", "sour", "small", "large", "round", "oblong", "soft", "firm", "juicy", "dry", "bitter"]
 _COLOUR = ["red", "yellow", "green", "purple", "orange", "brown", "pale", "dark", "golden"]
 _FEATURE = ["thin skin", "a hard pit", "many seeds", "a tough rind", "a handle", "a long shaft", "a flat base"]
@@ -181,15 +181,43 @@ def _record(
     return rec
 
 
-def make_emoji_source(root: Path, n_plain: int = len(PLAIN), n_people: int = 12) -> Path:
+def country(i: int) -> str:
+    """The made-up country of flag i: "Boravia", "Kelmistan", ... (two syllables and an ending, unique)."""
+    first, second = ["Bor", "Kel", "Tam", "Vel", "Dun", "Sar", "Mol", "Pel", "Ruv", "Zan"], ["a", "mi", "o", "u", "e"]
+    ends = ["via", "stan", "land", "ria", "nia", "dor"]
+    return first[i % 10] + second[i // 10 % 5] + ends[i // 50 % 6]
+
+
+def country_facts_wordnet(n_flags: int) -> dict[str, list[tuple[int, str, str | None]]]:
+    """WordNet senses that tie places and people to the made-up countries of `make_emoji_source(n_flags=...)`:
+    every country has a capital, a demonym and a port; edge cases: "Twinport", a town in two countries
+    (dropped), "Boravia City", whose name holds its country's (dropped), and "Oldtown", a former capital (not a
+    capital, nor a place the patterns read)."""
+    out: dict[str, list[tuple[int, str, str | None]]] = {}
+    for i in range(n_flags):
+        c = country(i)
+        out[f"Capital{i}"] = [(LEX_LOCATION, f"the capital and largest city of {c}", None)]
+        out[f"{c[:-1]}ian{i}"] = [(LEX_PERSON, f"a native or inhabitant of {c}", None)]
+        out[f"Port{i}"] = [(LEX_LOCATION, f"a port city in southern {c} on the coast", None)]
+    out["Twinport"] = [(LEX_LOCATION, f"a town in northern {country(0)}", None),
+                       (LEX_LOCATION, f"a town in eastern {country(1)}", None)]
+    out[country(0) + " City"] = [(LEX_LOCATION, f"a city in western {country(0)}", None)]
+    out["Oldtown"] = [(LEX_LOCATION, f"the largest city and former capital of {country(1)}", None)]
+    return out
+
+
+def make_emoji_source(root: Path, n_plain: int = len(PLAIN), n_people: int = 12, n_flags: int = 0) -> Path:
     """An emoji-datasource-google look-alike: emoji.json, package.json and img/google/64/*.png.
 
     Plain items are named by WordNet nouns (PLAIN); edit families are people in three gender variants
     ("pilot", "man pilot", "woman pilot"), each in the default yellow and five skin tones, and hands with
-    skin tones only; one Component record (a bare skin-tone swatch) must be ignored."""
+    skin tones only; one Component record (a bare skin-tone swatch) must be ignored. `n_flags` country flags
+    ("Boravia Flag", see `country`) come last."""
     records: list[dict[str, Any]] = []
     for i, (name, cat, sub) in enumerate(PLAIN[:n_plain]):
         records.append(_record(f"1F{i:03X}", name, name.replace(" ", "_"), cat, sub, False))
+    for i in range(n_flags):
+        records.append(_record(f"5{i:04X}", f"{country(i)} Flag", f"flag-{i}", "Flags", "country-flag", False))
     for i in range(n_people):
         job = JOBS[i % len(JOBS)] + ("" if i < len(JOBS) else f" {i}")
         base = 0x2000 + 16 * i
@@ -418,7 +446,7 @@ def check_routes(root: Path) -> None:
                     assert target in txt, f"{q['qid']}: a plain query states its target"
                     continue
                 cot = q["cot"]
-                assert q["kind"] == REASON_KINDS[name], q["qid"]
+                assert q["kind"] in REASON_KINDS[name], q["qid"]
                 assert isinstance(cot, str) and "<reasoning>" not in cot and "<answer>" not in cot, q["qid"]
                 assert len(cot.split()) <= MAX_COT_WORDS, (q["qid"], len(cot.split()))
                 # The CoT ends with the target sentence: the target is named last.

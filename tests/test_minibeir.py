@@ -38,13 +38,16 @@ from tests.minibeir_fixture import (
     check_layout,
     check_no_leak,
     check_routes,
+    country,
+    country_facts_wordnet,
     make_emoji_source,
     make_wordnet,
 )
 from trace_core import mbeir
 from trace_core.minibeir import build as mb
+from trace_core.minibeir import countries, sources, teacher
 from trace_core.minibeir import emoji as me
-from trace_core.minibeir import sources
+from trace_core.minibeir.wordnet import WordNet
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +93,8 @@ def test_routes(built: Path) -> None:
     check_routes(built)
     # Every kind of query the design promises occurs.
     kinds = {(n, q["kind"]) for n in _pair_names(built) for s in mb.SPLITS for q in _queries(built, n, s)}
-    for name, kind in REASON_KINDS.items():
-        assert {(name, kind), (name, "plain")} <= kinds
+    for name, reasons in REASON_KINDS.items():  # emoji_task1's knowledge questions come with --knowledge only
+        assert (name, "plain") in kinds and {(name, k) for k in reasons} & kinds
 
 
 def test_edits_resolve(built: Path) -> None:
@@ -347,3 +350,87 @@ def check_committed(root: Path) -> None:
 def test_committed_corpus() -> None:
     check_committed(ASSETS)
     assert (ASSETS / "SOURCES.md").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Country knowledge questions (emoji_task1, --knowledge)
+
+
+def test_country_facts_and_their_questions(tmp_path: Path) -> None:
+    """WordNet glosses give each made-up country its capital, demonym and port; a town of two countries, a
+    place named after its country and a former capital are not asked; no question holds a word of its country, and each CoT takes
+    the fact as its step, names the flag last and passes the teacher's filters."""
+    wn = WordNet(make_wordnet(tmp_path / "wordnet", extra=country_facts_wordnet(4)))
+    flags = [country(i).lower() for i in range(4)]
+    facts = countries.country_facts(wn, flags)
+    assert {c: sorted(f.kind for f in fs) for c, fs in facts.items()} == {c: ["capital", "people", "place"]
+                                                                          for c in flags}
+    subjects = {f.subject for fs in facts.values() for f in fs}
+    assert not {"Twinport", f"{country(0)} City", "Oldtown"} & subjects
+    assert facts[flags[2]][0].subject == "Capital2" and facts[flags[2]][0].country == country(2)
+    for c, fs in facts.items():
+        for f in fs:
+            qs = countries.questions(f)
+            assert len(qs) == len(countries.QUESTIONS[f.kind])
+            assert all(f.subject in q and c not in q.lower() for _, q in qs)
+            out = countries.knowledge_cot(f, f"{c} flag", random.Random(0))
+            assert teacher.filter_cot(out.raw, f"{c} flag", None, out.keywords) == (True, "ok")
+            cot = teacher.strip_tags(out.raw)
+            step, _, answer = cot.partition(" Target: ")
+            assert f.subject in step and country(flags.index(c)) in step and answer == f"the {c} flag emoji."
+
+
+def test_country_spellings() -> None:
+    """A flag's country as glosses write it, capitalised, and WordNet's other names for it."""
+    assert countries.spellings("namibia") == ["Namibia"]
+    assert countries.spellings("st. kitts & nevis") == ["St. Kitts & Nevis", "Saint Kitts and Nevis"]
+    assert "Turkey" in countries.spellings("türkiye") and "Ivory Coast" in countries.spellings("côte d’ivoire")
+    assert countries.with_article("United Kingdom") == "the United Kingdom"
+    assert countries.with_article("Namibia") == "Namibia"
+
+
+def test_knowledge_adds_only_country_questions_to_emoji_task1(tmp_path: Path) -> None:
+    """--knowledge: emoji_task1 gains questions about the flags no other pair uses and every country flag's
+    entry in its pool; every other file, and emoji_task1's other queries, ids and pool entries, are the build's
+    without it. Held-out countries never occur in training; val and test ask only what the reach rule accepts."""
+    make_emoji_source(tmp_path / "emoji-src", n_flags=70)
+    make_wordnet(tmp_path / "wordnet", extra=country_facts_wordnet(70))
+    asked: list[str] = []
+
+    def reach(questions: list[str], targets: list[str]) -> list[bool]:
+        asked.extend(questions)
+        return [not q.startswith("Find") for q in questions]
+
+    cfg = dataclasses.replace(_config(tmp_path, tmp_path / "base"), fashion_dir=None, reach=reach)
+    mb.build(cfg)
+    know = tmp_path / "know"
+    manifest = mb.build(dataclasses.replace(cfg, out=know, knowledge=True))
+    assert manifest["knowledge"] is True
+    check_all(know)
+    base = tmp_path / "base"
+    changed = {str(p.relative_to(base)) for p in sorted(base.rglob("*"))
+               if p.is_file() and p.read_bytes() != (know / p.relative_to(base)).read_bytes()}
+    task1 = {f"{folder}/{s}/mbeir_emoji_task1_{s}{end}" for s in mb.SPLITS
+             for folder, end in (("query", ".jsonl"), ("qrels", "_qrels.txt"))}
+    assert changed == task1 | {"cand_pool/local/mbeir_emoji_task1_cand_pool.jsonl", "manifest.json"}, changed
+    pool = {c["did"]: c for c in _pool(know, "emoji_task1")}
+    assert {d for d in (c["did"] for c in _pool(base, "emoji_task1"))} < set(pool)
+    flag_entries = {c["txt"].split(" flag ")[0] for c in pool.values() if "country flag group" in c["txt"]}
+    assert flag_entries == {country(i) for i in range(70)}
+    countries_in = {}
+    for s in mb.SPLITS:
+        before, after = _queries(base, "emoji_task1", s), _queries(know, "emoji_task1", s)
+        assert after[: len(before)] == before
+        extra = after[len(before):]
+        assert extra and {q["kind"] for q in extra} == {"knowledge", "plain"}, s
+        for q in extra:
+            target = q["target_name"]
+            assert target.endswith(" flag") and q["pos_cand_list"][0] in pool
+            countries_in.setdefault(target, set()).add(s)
+            if q["kind"] == "knowledge":
+                assert q["route"] == "reason" and q["cot"].endswith(f"the {target} emoji.")
+                assert target.removesuffix(" flag") not in q["query_txt"].lower()
+                assert (q["query_txt"] in asked) == (s != "train")
+                assert s == "train" or not q["query_txt"].startswith("Find")
+    assert all(len(splits) == 1 for splits in countries_in.values()), "a country in two splits"
+    assert {s for splits in countries_in.values() for s in splits} == set(mb.SPLITS)

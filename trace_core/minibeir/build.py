@@ -152,6 +152,7 @@ class BuildConfig:
     reach: Callable[[list[str], list[str]], list[bool]] | None = None
     tone_step: str = "plain"  # how a relative skin-tone edit's CoT takes its step (emoji.TONE_STEPS)
     relative_drill: int = 0  # extra training queries per edit pair, all relative tone edits (emoji._relative_drill)
+    knowledge: bool = False  # emoji_task1's country knowledge questions (emoji._knowledge, minibeir/countries.py)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,7 +344,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     corpus = Corpus()
     cots = CotMaker(cfg.seed)
     emoji_pairs.build_emoji(corpus, emoji, cfg.sizes, cfg.seed, cots, wordnet, cfg.reach, cfg.tone_step,
-                           cfg.relative_drill)
+                           cfg.relative_drill, cfg.knowledge)
     versions = {"emoji-datasource-google": src.emoji_version(cfg.emoji_dir)}
     if wordnet is not None:
         versions["wordnet-base"] = src.dpkg_version("wordnet-base")
@@ -384,6 +385,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
             meta["tone_step"] = cfg.tone_step
         if cfg.relative_drill:
             meta["relative_drill"] = cfg.relative_drill
+        if cfg.knowledge:
+            meta["knowledge"] = True
         manifest = write_corpus(corpus, tmp, meta)
     return manifest
 
@@ -433,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="up to N more training queries per edit pair, each a relative skin-tone edit ('one "
                         "shade darker'); val, test, the pools and the other queries stay those of the build "
                         "without them (default 0)")
+    p.add_argument("--knowledge", action="store_true",
+                   help="add emoji_task1's country knowledge questions ('The flag of the country whose capital is "
+                        "Windhoek.'), made after every other query: the rest of the corpus stays that of the "
+                        "build without them")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -452,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reach=None if args.no_reach or args.no_wordnet else BaseLMReach(cache=args.reach_cache),
         tone_step=args.tone_step,
         relative_drill=args.relative_drill,
+        knowledge=args.knowledge,
     )
     try:
         manifest = build(cfg)

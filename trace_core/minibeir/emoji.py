@@ -30,8 +30,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from . import countries, teacher
 from . import sources as src
-from . import teacher
 from .corpus import SPLITS, Corpus, CotMaker, Pair, Query, fill_pool, rng_for, split_items, take
 from .wordnet import WordNet
 
@@ -254,8 +254,10 @@ def _mixed(made: list[Made], n: int, rng: random.Random) -> list[Made]:
 
 
 def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: CotMaker,
-                wordnet: WordNet | None, reach=None, tone_step: str = "plain", relative_drill: int = 0) -> None:
-    """All emoji pairs into ``corpus`` (see the module docstring). ``relative_drill``: see ``_relative_drill``."""
+                wordnet: WordNet | None, reach=None, tone_step: str = "plain", relative_drill: int = 0,
+                knowledge: bool = False) -> None:
+    """All emoji pairs into ``corpus`` (see the module docstring). ``relative_drill``: see ``_relative_drill``;
+    ``knowledge``: see ``_knowledge``."""
     emoji = [e for e in emoji if e.category != "Component"]  # bare skin-tone swatches and hair parts
     families: dict[str, list[src.Emoji]] = {}
     for e in emoji:
@@ -288,6 +290,9 @@ def build_emoji(corpus: Corpus, emoji: list[src.Emoji], sizes, seed: int, cots: 
     if wordnet is not None:
         _definitions(corpus, plain, split_of, img, sizes, seed, cots, wordnet, reach)
     _edits(corpus, edit_fams, img, sizes, seed, cots, tone_step, relative_drill)
+    if knowledge and wordnet is not None:
+        _knowledge(corpus, [e for e in emoji if e.subcategory == "country-flag"], {e.code for e in plain}, seed,
+                   cots, wordnet, reach)
 
 
 _T0_TEMPLATES = ("{n}", "{n} emoji", "an emoji of {n}", "a {n} icon", "{n}, as an emoji")
@@ -497,3 +502,80 @@ def _relative_drill(corpus, pair: Pair, variants, split_of, cand, img, n: int, s
     if len(made) < n:
         logger.warning("%s: %d relative drill queries of %d asked (every training pair used)", pair.name, len(made), n)
     pair.queries["train"] = pair.queries["train"] + [_made_query(corpus, m, pair.task_id) for m in made]
+
+
+# ---------------------------------------------------------------------------------------------- knowledge
+KNOWLEDGE_SPLIT = (0.6, 0.1, 0.3)  # of the countries asked about, in SPLITS order
+KNOWLEDGE_PER_COUNTRY = {"train": 6, "val": 4, "test": 5}  # questions at most, over its facts
+KNOWLEDGE_TEST = 160  # complex test questions at most (the plain ones come on top, PLAIN_SHARE of the total)
+
+
+def _knowledge(corpus, flags: list[src.Emoji], used: set[str], seed: int, cots: CotMaker, wordnet: WordNet,
+               reach=None) -> None:
+    """emoji_task1's country knowledge questions (`countries`): "The flag of the country whose capital is
+    Windhoek." (reason) or "the namibia flag emoji" (direct) -> the flag's catalogue entry, with the entry of every
+    country flag (`flags`) in the pool. Asked about: the flags no other pair uses (codes not in `used`), so a
+    held-out country is never seen in training, split by country 60/10/30. Training asks up to KNOWLEDGE_PER_COUNTRY questions per country
+    (one wording per fact first); val and test ask those the untrained base LM answers (`reach`), as the
+    definition questions do. Made after every other query of the corpus, from their own random streams: the
+    other pairs, and emoji_task1's other queries, ids and pool entries, stay those of the build without them."""
+    pair = next(p for p in corpus.pairs if p.dataset == "emoji" and p.task_id == 1)
+    entries = [corpus.cand("emoji", _passage(e), None) for e in flags]  # the plain flags' ids exist already
+    by_country = {e.name.removesuffix(" flag"): e for e in flags if e.code not in used}
+    facts = countries.country_facts(wordnet, by_country)
+    asked = sorted(c for c in by_country if facts.get(c))
+    order = list(asked)
+    rng_for(seed, "knowledge", "split").shuffle(order)
+    n_train, n_val = round(len(order) * KNOWLEDGE_SPLIT[0]), round(len(order) * KNOWLEDGE_SPLIT[1])
+    split = {c: "train" if i < n_train else "val" if i < n_train + n_val else "test" for i, c in enumerate(order)}
+    passages = {c: corpus.cand("emoji", _passage(e), None) for c, e in sorted(by_country.items())}
+    questions: dict[str, list[tuple[countries.Fact, str, str]]] = {}
+    for c in asked:
+        rng = rng_for(seed, "knowledge-q", c)
+        qs = [(f, t, q) for f in facts[c] for t, q in countries.questions(f)]
+        rng.shuffle(qs)
+        nth: dict[countries.Fact, int] = {}
+        ranked = []
+        for x in qs:
+            ranked.append((nth.get(x[0], 0), x))
+            nth[x[0]] = nth.get(x[0], 0) + 1
+        questions[c] = [x for _, x in sorted(ranked, key=lambda r: r[0])]  # one wording per fact first
+    if reach is not None:
+        flat = [(c, x) for c in asked if split[c] != "train" for x in questions[c]]
+        ok = reach([q for _, (_, _, q) in flat], [f.country for _, (f, _, _) in flat])
+        kept = {(c, q) for (c, (_, _, q)), hit in zip(flat, ok, strict=True) if hit}
+        for c in asked:
+            if split[c] != "train":
+                questions[c] = [x for x in questions[c] if (c, x[2]) in kept]
+    per_split: dict[str, list[Made]] = {s: [] for s in SPLITS}
+    for c in asked:
+        e, s = by_country[c], split[c]
+        others = [x for x in asked if split[x] == s and x != c]
+        negs = tuple(passages[x] for x in rng_for(seed, "neg-k", c).sample(others, min(3, len(others))))
+        made = []
+        for f, t, q in questions[c][: KNOWLEDGE_PER_COUNTRY[s]]:
+            cot = cots.make(f"k1:{e.code}:{f.subject}:{t}", lambda r, f=f, e=e: countries.knowledge_cot(f, e.name, r),
+                            e.name, query=q)
+            if cot is not None:
+                made.append(Made(q, None, passages[c], "reason", cot, e.name, None, "knowledge", negs, e.family))
+        if not made:
+            continue
+        per_split[s] += made
+        for t in rng_for(seed, "plain-k", c).sample(_PLAIN_NAMES, 1 if s == "train" else 2):
+            per_split[s].append(Made(t.format(n=e.name), None, passages[c], "direct", None, e.name, None, "plain",
+                                     negs, e.family))
+    for s in SPLITS:
+        rng = rng_for(seed, "knowledge-mix", s)
+        complex_ = [m for m in per_split[s] if m.route == "reason"]
+        plain = [m for m in per_split[s] if m.route == "direct"]
+        rng.shuffle(complex_)
+        rng.shuffle(plain)
+        if s == "test":
+            complex_ = complex_[:KNOWLEDGE_TEST]
+        n_plain = min(len(plain), round(len(complex_) * PLAIN_SHARE / (1 - PLAIN_SHARE)))
+        made = complex_ + plain[:n_plain]
+        rng.shuffle(made)
+        pair.queries[s] = pair.queries[s] + [_made_query(corpus, m, 1) for m in made]
+    pair.pool = sorted(set(pair.pool) | set(entries), key=lambda d: int(d.split(":")[1]))
+    logger.info("emoji_task1 knowledge: %d countries (%s), queries %s", len(asked),
+                {s: sum(split[c] == s for c in asked) for s in SPLITS}, {s: len(v) for s, v in per_split.items()})

@@ -8,7 +8,7 @@ text of the senses used, which the WordNet licence allows with its notice (see a
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,18 @@ class WordNet:
         n_ptr = int(parts[k])
         hypernyms = [int(parts[k + 1 + 4 * i + 1]) for i in range(n_ptr) if parts[k + 1 + 4 * i] == "@"]
         return lexfile, words, hypernyms, gloss.strip()
+
+    def records(self) -> Iterator[tuple[str, list[str], str]]:
+        """Every noun synset in file order: (lexfile name, its words with spaces, the first clause of its gloss,
+        examples dropped). For scanning glosses (`countries.country_facts`)."""
+        for raw in self._data.splitlines():
+            if raw.startswith(b" "):  # licence header
+                continue
+            line = raw.decode("utf-8", errors="replace")
+            head, _, gloss = line.partition(" | ")
+            parts = head.split()
+            words = [parts[4 + 2 * i].replace("_", " ") for i in range(int(parts[3], 16))]
+            yield LEXFILES.get(int(parts[1]), parts[1]), words, gloss.split(";")[0].strip().strip('"').strip()
 
     def common_lemmas(self, min_count: int = 2) -> set[str]:
         """Lemmas ("hot_dog") whose first noun sense is tagged at least `min_count` times in the SemCor corpus
