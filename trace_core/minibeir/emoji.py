@@ -15,7 +15,9 @@ teacher CoT that names the target last). Routing must therefore read the query, 
   but as a woman"), or the target's name.
 - emoji_task1 (text -> catalogue entry), WebQA/InfoSeek-like: a WordNet definition that never names its
   target ("elongated crescent-shaped yellow fruit with soft sweet flesh"), or the plain name. Test targets
-  are held-out items: the answer must come from the language model's own knowledge, not from memory.
+  are held-out items: the answer must come from the language model's own knowledge, not from memory. With
+  `knowledge` (build --knowledge, corpus v7), also country questions about flags no other pair uses ("The flag
+  of the country whose capital is Windhoek.", `countries.py`), split by country, among every country flag.
 
 Query records carry, besides M-BEIR's keys: route, cot, target_name (what a correct CoT names), ref_name
 (the reference a composed CoT must name), kind (what sort of query it is), and neg_cand_list (siblings: other
