@@ -7,7 +7,8 @@
 Prints, for the reason-labelled (complex) queries: R@1/5/10 of auto against never (the direct embedding of the
 same model) with the auto-minus-never difference and its bootstrap 95 % interval, pooled, per pair, for the
 relative skin-tone edits ("one shade darker") and the other complex queries, per kind of query (definition,
-knowledge, edit-text, edit-image), and split by whether the CoT names
+knowledge, edit-text, edit-image; the country questions also by the fact they ask: capital, people, place), and
+split by whether the CoT names
 the target; then the mean headline (R@5 over all pairs) of auto, never and always. The figures of runs 10 and
 11 in assets/trace-mini/training/README.md come from it.
 """
@@ -15,12 +16,14 @@ the target; then the mean headline (R@5 over all pairs) of auto, never and alway
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from trace_core.minibeir.countries import QUESTIONS
 from trace_core.minibeir.emoji import _DARKER, _LIGHTER
 from trace_core.minibeir.evidence import cot_names
 
@@ -34,8 +37,24 @@ def load(data: Path, run: Path, split: str = "test") -> pd.DataFrame:
         for line in f.read_text(encoding="utf-8").splitlines():
             o = json.loads(line)
             labels.append({"qid": o["qid"], "label": o["route"], "target_name": o.get("target_name"),
-                           "kind": o.get("kind")})
+                           "kind": o.get("kind"), "teacher_cot": o.get("cot")})
     return table.merge(pd.DataFrame(labels), on="qid")
+
+
+def fact_kind(question: str) -> str | None:
+    """Which fact a country knowledge question asks about (capital, people, place), from its wording."""
+    for kind, templates in QUESTIONS.items():
+        for t in templates:
+            pattern = re.escape(t).replace(re.escape("{s}"), ".+").replace(re.escape("{a}"), "an?")
+            if re.fullmatch(pattern, question):
+                return kind
+    return None
+
+
+def country_of(teacher_cot: str) -> str:
+    """The country a knowledge CoT's step ends on: "Quito is the capital of Ecuador. Target: ..." -> "Ecuador"."""
+    step = teacher_cot.split(" Target:")[0].rstrip(".")
+    return re.sub(r"^.* (?:of|in|from) (?:the )?", "", step)
 
 
 def diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -69,6 +88,13 @@ def main(data: Path, run: Path, split: str = "test") -> None:
         print(row(pair, g))
     for kind, g in c.groupby("kind"):  # definition, knowledge (country questions), edit-text, edit-image
         print(row(f"kind {kind}", g))
+        if kind == "knowledge":
+            for fact, h in g.groupby(g.query_txt.map(fact_kind)):
+                print(row(f"  knowledge: {fact}", h))
+            said = g[g.route == "reason"]
+            named = [country_of(t).lower() in (c or "").lower() for t, c in zip(said.teacher_cot, said.cot, strict=True)]
+            print(f"  knowledge CoTs that name the country of the teacher's step: {np.mean(named) * 100:.1f} % of "
+                  f"{len(named)}")
     print(row("relative tone edits", c[relative]))
     print(row("other complex", c[~relative]))
     print(row("CoT names the target", c[c.cot_target]))

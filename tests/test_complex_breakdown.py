@@ -49,3 +49,18 @@ def test_breakdown_splits_relative_edits_and_wrong_cots(tmp_path: Path, capsys) 
     assert "n=   2" in out["CoT names the target"] and "n=   1" in out["CoT does not"]
     assert "R@1 100.0/ 50.0 (+50.0" in out["CoT names the target"]  # queries 1 and 3: never ranks 3 and 1
     assert "R@5  50.0/100.0 (-50.0" in out["relative tone edits"]  # query 2: auto rank 12, never rank 2
+
+
+def test_knowledge_questions_by_fact_and_country() -> None:
+    """A country question's fact is read from its wording (every template of each kind), and the country from
+    the teacher's step, whatever the kind."""
+    from trace_core.minibeir import countries
+
+    for kind, templates in countries.QUESTIONS.items():
+        for t in templates:
+            assert cb.fact_kind(t.format(s="Port Louis", a="a")) == kind, t
+    assert cb.fact_kind("Which emoji shows a large bell?") is None
+    assert cb.country_of("Quito is the capital of Ecuador. Target: the ecuador flag emoji.") == "Ecuador"
+    assert cb.country_of("A Nepalese is from Nepal. Target: the nepal flag emoji.") == "Nepal"
+    assert cb.country_of("Male is the capital of the Maldives. Target: the maldives flag emoji.") == "Maldives"
+    assert cb.country_of("Gansu is in China. Target: the china flag emoji.") == "China"
