@@ -97,8 +97,27 @@ def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 
             t = time.perf_counter()
             encoder.encode_queries([q])
             alone.append(time.perf_counter() - t)
+        spent = {"prefill": 0.0, "step": 0.0}  # of the one batched call: its prefill and its decoding steps
+        bb = encoder.backbone
+        timed = {name: getattr(bb, name) for name in spent}
+
+        def timer(name):
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return timed[name](*args, **kwargs)
+                finally:
+                    spent[name] += time.perf_counter() - start
+            return call
+
+        for name in spent:
+            setattr(bb, name, timer(name))
         t = time.perf_counter()
-        results = encoder.encode_queries(qs, batch_size=n)
+        try:
+            results = encoder.encode_queries(qs, batch_size=n)
+        finally:
+            for name in spent:
+                delattr(bb, name)  # the bound methods again
         together = time.perf_counter() - t
         # as the app's two batch workers serve them: half in each of two threads at once
         threads = [threading.Thread(target=encoder.encode_queries, args=(half,), kwargs={"batch_size": n})
@@ -114,7 +133,8 @@ def compute_bound(model: str, data: Path, pool: list[tuple[str, str]], n: int = 
     single = statistics.median(alone)
     best = min(together, two_workers)
     return {"queries": n, "reason_rate": sum(r.route == "reason" for r in results) / n,
-            "alone_p50_s": single, "together_s": together, "two_workers_s": two_workers,
+            "alone_p50_s": single, "together_s": together, "together_prefill_s": spent["prefill"],
+            "together_decoding_s": spent["step"], "two_workers_s": two_workers,
             "searches_per_s_at_best": n / best, "p50_over_single_at_best": best / single}
 
 
