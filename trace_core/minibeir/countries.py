@@ -27,7 +27,7 @@ from .wordnet import WordNet
 
 KINDS = ("capital", "people", "place")
 
-# Gloss patterns, tried in this order; group 1 is the country as the flag's name spells it.
+# Gloss patterns, tried in this order; group 1 is the country as the gloss spells it (`spellings`).
 _PATTERNS = {
     "capital": r"\b(?:the )?(?<!former )(?<!ancient )(?<!old )(?:capital|capital and largest city|capital and chief port) "
                r"of (?:the )?({c})\b",
@@ -98,8 +98,8 @@ def _name_words(country: str) -> set[str]:
 
 
 def country_facts(wordnet: WordNet, flags: Iterable[str]) -> dict[str, list[Fact]]:
-    """Flag country ("namibia") -> its facts, in WordNet's file order. Only subjects of one country each
-    (capitals and places: proper nouns), whose name shares no word with the country's; one fact a subject."""
+    """Flag country ("namibia") -> its facts, in WordNet's file order. Only proper-noun subjects ("Windhoek",
+    "Namibian") of one country each, whose name shares no word with the country's; one fact a subject."""
     by_spelling = {s: f for f in flags for s in spellings(f)}
     # the longest spelling first ("Guinea-Bissau" before "Guinea"); a gloss writes a country capitalised
     names = "|".join(re.escape(c) for c in sorted(by_spelling, key=len, reverse=True))
