@@ -517,12 +517,12 @@ def _knowledge(corpus, flags: list[src.Emoji], used: set[str], seed: int, cots: 
     """emoji_task1's country knowledge questions (`countries`): "The flag of the country whose capital is
     Windhoek." (reason) or "the namibia flag emoji" (direct) -> the flag's catalogue entry, with the entry of every
     country flag (`flags`) in the pool. Asked about: the flags no other pair uses (codes not in `used`), so a
-    held-out country is never seen in training, split by country 60/10/30. Training asks up to KNOWLEDGE_PER_COUNTRY questions per country
-    (one wording per fact first); val and test ask those the untrained base LM answers (`reach`), as the
+    held-out country is never seen in training, split by country 60/10/30. Training asks up to
+    KNOWLEDGE_PER_COUNTRY questions per country (one wording per fact first); val and test ask those the untrained base LM answers (`reach`), as the
     definition questions do. Made after every other query of the corpus, from their own random streams: the
     other pairs, and emoji_task1's other queries, ids and pool entries, stay those of the build without them."""
     pair = next(p for p in corpus.pairs if p.dataset == "emoji" and p.task_id == 1)
-    entries = [corpus.cand("emoji", _passage(e), None) for e in flags]  # the plain flags' ids exist already
+    entry = {e.code: corpus.cand("emoji", _passage(e), None) for e in flags}  # the plain flags' ids exist already
     by_country = {e.name.removesuffix(" flag"): e for e in flags if e.code not in used}
     facts = countries.country_facts(wordnet, by_country)
     asked = sorted(c for c in by_country if facts.get(c))
@@ -530,7 +530,7 @@ def _knowledge(corpus, flags: list[src.Emoji], used: set[str], seed: int, cots: 
     rng_for(seed, "knowledge", "split").shuffle(order)
     n_train, n_val = round(len(order) * KNOWLEDGE_SPLIT[0]), round(len(order) * KNOWLEDGE_SPLIT[1])
     split = {c: "train" if i < n_train else "val" if i < n_train + n_val else "test" for i, c in enumerate(order)}
-    passages = {c: corpus.cand("emoji", _passage(e), None) for c, e in sorted(by_country.items())}
+    passages = {c: entry[e.code] for c, e in by_country.items()}
     questions: dict[str, list[tuple[countries.Fact, str, str]]] = {}
     for c in asked:
         rng = rng_for(seed, "knowledge-q", c)
@@ -578,6 +578,6 @@ def _knowledge(corpus, flags: list[src.Emoji], used: set[str], seed: int, cots: 
         made = complex_ + plain[:n_plain]
         rng.shuffle(made)
         pair.queries[s] = pair.queries[s] + [_made_query(corpus, m, 1) for m in made]
-    pair.pool = sorted(set(pair.pool) | set(entries), key=lambda d: int(d.split(":")[1]))
+    pair.pool = sorted(set(pair.pool) | set(entry.values()), key=lambda d: int(d.split(":")[1]))
     logger.info("emoji_task1 knowledge: %d countries (%s), queries %s", len(asked),
                 {s: sum(split[c] == s for c in asked) for s in SPLITS}, {s: len(v) for s, v in per_split.items()})
